@@ -1,0 +1,185 @@
+"""``AMGConfig``: every mask-generation parameter in one validated dataclass.
+
+Names and defaults are exactly those of the reference ``SamAutomaticMaskGenerator``; YAML
+presets (``configs/*.yaml``) and CLI flags fill it. Unknown names are rejected (no ``**kwargs``
+that swallow a typo).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
+class ConfigError(ValueError):
+    """A generation parameter or preset is invalid; the message names it."""
+
+
+@dataclass
+class AMGConfig:
+    """Parameters of automatic mask generation (reference ``SamAutomaticMaskGenerator``).
+
+    Attributes:
+        points_per_side: grid points along each image side (grid of n*n); ``None`` when
+            ``point_grids`` is given.
+        points_per_batch: prompts decoded per batch; changes memory, not the output.
+        pred_iou_thresh: keep masks whose predicted IoU is > this (0 disables the filter).
+        stability_score_thresh: keep masks whose stability score is >= this (0 disables).
+        stability_score_offset: logit offset of the stability score (paper §B).
+        box_nms_thresh: box IoU above which box NMS drops the lower-scored mask in a crop.
+        crop_n_layers: extra crop layers; layer i has (2**i)**2 crops.
+        crop_nms_thresh: box IoU of the NMS across crops (smaller crops preferred).
+        crop_overlap_ratio: crop overlap as a fraction of the image's short side (layer 1).
+        crop_n_points_downscale_factor: points per side shrink by this per crop layer.
+        point_grids: explicit grids, one (N_i, 2) array of xy in [0, 1] per crop layer.
+        min_mask_region_area: disconnected regions and holes below this many pixels are
+            removed (0 disables; uses OpenCV).
+        output_mode: ``binary_mask``, ``uncompressed_rle`` or ``coco_rle``.
+        decoder_chunk_size: prompts per mask-decoder call inside a batch; an internal
+            cache-size knob that never changes the output.
+    """
+
+    points_per_side: int | None = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    point_grids: list[np.ndarray] | None = None
+    min_mask_region_area: int = 0
+    output_mode: str = "binary_mask"
+    decoder_chunk_size: int = 8
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every parameter.
+
+        Raises:
+            ConfigError: naming the parameter and the accepted range.
+        """
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        need((self.points_per_side is None) != (self.point_grids is None),
+             "exactly one of points_per_side and point_grids must be given")
+        if self.points_per_side is not None:
+            need(_is_int(self.points_per_side) and self.points_per_side >= 1,
+                 f"points_per_side must be an integer >= 1, got {self.points_per_side!r}")
+        if self.point_grids is not None:
+            need(len(self.point_grids) == self.crop_n_layers + 1,
+                 f"point_grids has {len(self.point_grids)} grids, crop_n_layers + 1 = "
+                 f"{self.crop_n_layers + 1} needed")
+            for i, g in enumerate(self.point_grids):
+                g = np.asarray(g)
+                need(g.ndim == 2 and g.shape[1] == 2 and len(g) > 0,
+                     f"point_grids[{i}] must have shape (N, 2), got {g.shape}")
+                need(bool(((g >= 0) & (g <= 1)).all()),
+                     f"point_grids[{i}] must hold xy in [0, 1]")
+        for name in ("points_per_batch", "crop_n_points_downscale_factor", "decoder_chunk_size"):
+            v = getattr(self, name)
+            need(_is_int(v) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
+        for name in ("crop_n_layers", "min_mask_region_area"):
+            v = getattr(self, name)
+            need(_is_int(v) and v >= 0, f"{name} must be an integer >= 0, got {v!r}")
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
+                     "crop_nms_thresh"):
+            v = getattr(self, name)
+            need(_is_num(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v!r}")
+        need(_is_num(self.stability_score_offset) and self.stability_score_offset >= 0,
+             f"stability_score_offset must be >= 0, got {self.stability_score_offset!r}")
+        need(_is_num(self.crop_overlap_ratio) and 0.0 <= self.crop_overlap_ratio < 1.0,
+             f"crop_overlap_ratio must be in [0, 1), got {self.crop_overlap_ratio!r}")
+        need(self.output_mode in OUTPUT_MODES,
+             f"output_mode must be one of {OUTPUT_MODES}, got {self.output_mode!r}")
+
+    def replace(self, **changes: Any) -> "AMGConfig":
+        """A validated copy with some parameters changed.
+
+        Raises:
+            ConfigError: an unknown parameter name or an invalid value.
+        """
+        check_names(changes)
+        if "point_grids" in changes and changes["point_grids"] is not None:
+            changes.setdefault("points_per_side", None)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "AMGConfig":
+        """Load a preset file (a YAML mapping of parameter names), then apply overrides.
+
+        Raises:
+            ConfigError: unreadable file, not a mapping, unknown names or invalid values.
+        """
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read preset ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a preset must be a mapping of parameter names")
+        check_names(data, source=str(path))
+        return cls().replace(**{**data, **overrides})
+
+    @classmethod
+    def from_preset(cls, name_or_path: str, **overrides: Any) -> "AMGConfig":
+        """A named preset (``default``, ``crops``, ...) or a YAML path; see :func:`preset_path`."""
+        return cls.from_yaml(preset_path(name_or_path), **overrides)
+
+
+PARAMETER_NAMES = tuple(f.name for f in dataclasses.fields(AMGConfig))
+
+
+def check_names(params: dict[str, Any], source: str = "parameters") -> None:
+    """Raise ``ConfigError`` naming any key that is not an ``AMGConfig`` field."""
+    unknown = sorted(set(params) - set(PARAMETER_NAMES))
+    if unknown:
+        raise ConfigError(f"{source}: unknown parameter(s) {unknown}; known: {list(PARAMETER_NAMES)}")
+
+
+def preset_dirs() -> list[Path]:
+    """Where named presets are looked up: the source tree's ``configs/`` (editable installs
+    and checkouts), then ``<prefix>/share/segment-everything/configs`` (wheel installs)."""
+    return [Path(__file__).resolve().parent.parent / "configs",
+            Path(sys.prefix) / "share" / "segment-everything" / "configs"]
+
+
+def preset_path(name_or_path: str) -> Path:
+    """Resolve a preset name or a YAML path.
+
+    Raises:
+        ConfigError: neither an existing file nor a known preset name.
+    """
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"preset file not found: {p}")
+        return p
+    for d in preset_dirs():
+        cand = d / f"{name_or_path}.yaml"
+        if cand.is_file():
+            return cand
+    known = sorted({c.stem for d in preset_dirs() if d.is_dir() for c in d.glob("*.yaml")})
+    raise ConfigError(f"unknown preset {name_or_path!r}; known presets: {known}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
