@@ -120,7 +120,7 @@ class Sam(nn.Module):
         """
         check_rgb_image(image)
         h, w = resized_hw(image.shape[:2], self.input_size)
-        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        resized = np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
         x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1).float()
         x = (x - self.pixel_mean) / self.pixel_std
         x = nn.functional.pad(x, (0, self.input_size - w, 0, self.input_size - h))

@@ -1,0 +1,118 @@
+"""Reading images and finding them in folders.
+
+Images are decoded with Pillow, EXIF orientation applied, and converted to (H, W, 3) uint8 RGB:
+grayscale is replicated, alpha dropped (composited on black), palette expanded, 16/32-bit
+integer and float images rescaled from their own min..max range to 0..255. Every failure is an
+:class:`ImageReadError` that names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageReadError(OSError):
+    """An image file cannot be read or decoded; the message names the file and the reason."""
+
+
+def load_image(path: str | Path) -> tuple[np.ndarray, str | None]:
+    """Decode an image file to RGB.
+
+    Args:
+        path: image file (jpg/png/bmp/tiff/webp, anything Pillow reads).
+
+    Returns:
+        ``(image, note)``: (H, W, 3) uint8 RGB, and a note describing any conversion made
+        (e.g. ``"converted from I;16"``) or ``None``.
+
+    Raises:
+        ImageReadError: missing, empty, truncated, corrupt or zero-size images.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            mode = im.mode
+            if mode == "RGB":
+                rgb, note = np.asarray(im), None
+            elif mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                arr = np.asarray(im, dtype=np.float64)
+                lo, hi = float(arr.min()), float(arr.max())
+                arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+                gray = np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+                rgb, note = np.repeat(gray[..., None], 3, axis=2), f"converted from {mode} (range {lo:g}..{hi:g})"
+            else:
+                rgb, note = np.asarray(im.convert("RGB")), f"converted from {mode}"
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image file (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{path}: cannot decode image ({exc})") from None
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageReadError(f"{path}: image has zero size {rgb.shape[:2]}")
+    return np.ascontiguousarray(rgb), note
+
+
+def find_images(inputs: list[str | Path], recursive: bool = True) -> list[Path]:
+    """Expand files and folders into a sorted, de-duplicated list of image paths.
+
+    Files are taken as given (whatever their extension, so a bad one is reported rather than
+    skipped silently); folders contribute files with an image extension, searched recursively.
+
+    Raises:
+        FileNotFoundError: an input path does not exist.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found.extend(sorted(f for f in p.glob(pattern)
+                                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS))
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"input not found: {p}")
+    seen, unique = set(), []
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def output_stems(paths: list[Path]) -> list[str]:
+    """A distinct output name per image: its stem, or, when stems collide, its path with the
+    separators replaced by ``__`` (stable across runs for the same inputs)."""
+    stems = [p.stem for p in paths]
+    dup = {s for s in stems if stems.count(s) > 1}
+    out = []
+    for p, s in zip(paths, stems):
+        out.append("__".join(p.with_suffix("").parts).lstrip("_/").replace(":", "") if s in dup else s)
+    return out
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file so that it either exists complete or not at all (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".part")
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,281 @@
+"""``AMGConfig``: reference defaults, validation (each error names its parameter), unknown
+names, and the YAML presets in ``configs/``."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amg.config import OUTPUT_MODES, PARAMETER_NAMES, AMGConfig, ConfigError, preset_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# --------------------------------------------------------------------------------------------
+# Defaults
+# --------------------------------------------------------------------------------------------
+
+
+def test_defaults_equal_reference_generator_defaults():
+    sa = pytest.importorskip("segment_anything")
+    sig = inspect.signature(sa.SamAutomaticMaskGenerator.__init__)
+    ref = {name: p.default for name, p in sig.parameters.items() if name not in ("self", "model")}
+    assert len(ref) == 13  # the reference's parameter list, so a rename there is noticed
+    cfg = AMGConfig()
+    for name, default in ref.items():
+        assert name in PARAMETER_NAMES, f"reference parameter {name} missing from AMGConfig"
+        ours = getattr(cfg, name)
+        if isinstance(default, float):
+            assert ours == pytest.approx(default, rel=0, abs=1e-12), name
+        else:
+            assert ours == default, name
+    # Our only extra parameter is the internal decoder cache knob.
+    assert set(PARAMETER_NAMES) - set(ref) == {"decoder_chunk_size"}
+
+
+def test_defaults_hand_checked():
+    cfg = AMGConfig()
+    assert cfg.points_per_side == 32 and cfg.point_grids is None
+    assert cfg.pred_iou_thresh == 0.88 and cfg.stability_score_thresh == 0.95
+    assert cfg.crop_overlap_ratio == 512 / 1500
+    assert cfg.output_mode == "binary_mask"
+    assert OUTPUT_MODES == ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: every bad value raises ConfigError naming its parameter
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params, name", [
+    ({"points_per_side": 0}, "points_per_side"),
+    ({"points_per_side": -3}, "points_per_side"),
+    ({"points_per_side": 2.5}, "points_per_side"),
+    ({"points_per_side": True}, "points_per_side"),
+    ({"points_per_batch": 0}, "points_per_batch"),
+    ({"decoder_chunk_size": 0}, "decoder_chunk_size"),
+    ({"crop_n_points_downscale_factor": 0}, "crop_n_points_downscale_factor"),
+    ({"crop_n_layers": -1}, "crop_n_layers"),
+    ({"min_mask_region_area": -1}, "min_mask_region_area"),
+    ({"pred_iou_thresh": 1.5}, "pred_iou_thresh"),
+    ({"pred_iou_thresh": -0.1}, "pred_iou_thresh"),
+    ({"stability_score_thresh": 1.5}, "stability_score_thresh"),
+    ({"box_nms_thresh": 1.5}, "box_nms_thresh"),
+    ({"crop_nms_thresh": 1.5}, "crop_nms_thresh"),
+    ({"pred_iou_thresh": "0.5"}, "pred_iou_thresh"),
+    ({"stability_score_offset": -1.0}, "stability_score_offset"),
+    ({"crop_overlap_ratio": 1.0}, "crop_overlap_ratio"),
+    ({"output_mode": "png"}, "output_mode"),
+])
+def test_bad_value_names_parameter(params, name):
+    with pytest.raises(ConfigError, match=name):
+        AMGConfig(**params)
+    # ``replace`` validates too.
+    with pytest.raises(ConfigError, match=name):
+        AMGConfig().replace(**params)
+
+
+def test_bad_output_mode_lists_modes():
+    with pytest.raises(ConfigError) as ei:
+        AMGConfig(output_mode="png")
+    msg = str(ei.value)
+    assert "'png'" in msg and all(m in msg for m in OUTPUT_MODES)
+
+
+def test_thresholds_accept_bounds():
+    cfg = AMGConfig(pred_iou_thresh=0.0, stability_score_thresh=1.0, box_nms_thresh=0,
+                    crop_nms_thresh=1, crop_overlap_ratio=0.0, points_per_side=np.int64(4))
+    assert cfg.pred_iou_thresh == 0.0 and cfg.points_per_side == 4
+
+
+def test_both_points_per_side_and_point_grids_rejected():
+    with pytest.raises(ConfigError, match="points_per_side and point_grids"):
+        AMGConfig(points_per_side=8, point_grids=[np.full((4, 2), 0.5)])
+
+
+def test_neither_points_per_side_nor_point_grids_rejected():
+    with pytest.raises(ConfigError, match="points_per_side and point_grids"):
+        AMGConfig(points_per_side=None)
+    with pytest.raises(ConfigError, match="points_per_side and point_grids"):
+        AMGConfig(points_per_side=None, point_grids=None)
+
+
+def test_point_grids_accepted_and_replace_clears_points_per_side():
+    grid = np.array([[0.25, 0.5], [0.75, 0.5]])
+    cfg = AMGConfig(points_per_side=None, point_grids=[grid])
+    assert cfg.points_per_side is None and len(cfg.point_grids) == 1
+    cfg2 = AMGConfig().replace(point_grids=[grid, grid], crop_n_layers=1)
+    assert cfg2.points_per_side is None and cfg2.crop_n_layers == 1
+
+
+def test_point_grids_wrong_count_for_crop_layers():
+    grid = np.full((3, 2), 0.5)
+    with pytest.raises(ConfigError, match=r"point_grids has 1 grids.*crop_n_layers \+ 1 = 2"):
+        AMGConfig(points_per_side=None, point_grids=[grid], crop_n_layers=1)
+    with pytest.raises(ConfigError, match="point_grids has 2 grids"):
+        AMGConfig(points_per_side=None, point_grids=[grid, grid], crop_n_layers=0)
+
+
+@pytest.mark.parametrize("grid", [
+    np.full((4, 3), 0.5),          # three columns
+    np.full((4,), 0.5),            # 1-D
+    np.full((2, 4, 2), 0.5),       # 3-D
+    np.zeros((0, 2)),              # empty
+], ids=["Nx3", "1d", "3d", "empty"])
+def test_point_grid_wrong_shape(grid):
+    with pytest.raises(ConfigError, match=r"point_grids\[0\] must have shape \(N, 2\)"):
+        AMGConfig(points_per_side=None, point_grids=[grid])
+
+
+def test_point_grid_second_layer_wrong_shape_is_indexed():
+    with pytest.raises(ConfigError, match=r"point_grids\[1\]"):
+        AMGConfig(points_per_side=None, crop_n_layers=1,
+                  point_grids=[np.full((4, 2), 0.5), np.full((4, 1), 0.5)])
+
+
+def test_point_grid_outside_unit_square():
+    with pytest.raises(ConfigError, match=r"point_grids\[0\] must hold xy in \[0, 1\]"):
+        AMGConfig(points_per_side=None, point_grids=[np.array([[0.5, 1.5]])])
+
+
+# --------------------------------------------------------------------------------------------
+# Unknown names
+# --------------------------------------------------------------------------------------------
+
+
+def test_replace_rejects_unknown_name():
+    with pytest.raises(ConfigError) as ei:
+        AMGConfig().replace(pointz_per_side=8, points_per_side=8)
+    msg = str(ei.value)
+    assert "pointz_per_side" in msg
+    assert "points_per_side" in msg  # the known names are listed to spot the typo
+
+
+def test_constructor_rejects_unknown_name():
+    with pytest.raises(TypeError, match="pointz_per_side"):
+        AMGConfig(pointz_per_side=8)
+
+
+def test_mask_generator_rejects_unknown_name(mobile_sam):
+    from amg.generator import MaskGenerator
+
+    with pytest.raises(ConfigError, match="pointz_per_side"):
+        MaskGenerator(mobile_sam, pointz_per_side=8)
+    # A known name goes through and validates.
+    gen = MaskGenerator(mobile_sam, points_per_side=8)
+    assert gen.config.points_per_side == 8 and len(gen.point_grids[0]) == 64
+    with pytest.raises(ConfigError, match="pred_iou_thresh"):
+        MaskGenerator(mobile_sam, pred_iou_thresh=1.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------
+
+
+def test_default_preset_equals_dataclass_defaults():
+    cfg = AMGConfig.from_preset("default")
+    ref = AMGConfig()
+    for name in PARAMETER_NAMES:
+        a, b = getattr(cfg, name), getattr(ref, name)
+        if isinstance(b, float):
+            assert math.isclose(a, b, rel_tol=0, abs_tol=1e-12), name
+        else:
+            assert a == b, name
+
+
+def test_crops_preset_documented_values():
+    cfg = AMGConfig.from_preset("crops")
+    assert cfg.crop_n_layers == 1
+    assert cfg.crop_n_points_downscale_factor == 2
+    assert cfg.min_mask_region_area == 100
+    assert cfg.points_per_side == 32
+    # The rest stays at the defaults.
+    assert cfg.pred_iou_thresh == 0.88 and cfg.box_nms_thresh == 0.7
+    assert cfg.output_mode == "binary_mask"
+
+
+def test_preset_overrides_applied_and_validated():
+    cfg = AMGConfig.from_preset("crops", points_per_side=4, crop_n_layers=0)
+    assert cfg.points_per_side == 4 and cfg.crop_n_layers == 0
+    assert cfg.min_mask_region_area == 100
+    with pytest.raises(ConfigError, match="pointz_per_side"):
+        AMGConfig.from_preset("crops", pointz_per_side=4)
+    with pytest.raises(ConfigError, match="box_nms_thresh"):
+        AMGConfig.from_preset("default", box_nms_thresh=2.0)
+
+
+def test_named_presets_resolve_to_repo_configs():
+    assert preset_path("default").resolve() == (REPO / "configs" / "default.yaml").resolve()
+    assert preset_path("crops").resolve() == (REPO / "configs" / "crops.yaml").resolve()
+
+
+def test_yaml_path_preset(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("points_per_side: 12\npred_iou_thresh: 0.5\noutput_mode: coco_rle\n")
+    for arg in (p, str(p)):
+        cfg = AMGConfig.from_preset(str(arg))
+        assert cfg.points_per_side == 12 and cfg.pred_iou_thresh == 0.5
+        assert cfg.output_mode == "coco_rle"
+        assert cfg.stability_score_thresh == 0.95  # unspecified -> default
+    assert AMGConfig.from_yaml(p, points_per_side=3).points_per_side == 3
+
+
+def test_yaml_with_point_grids(tmp_path):
+    p = tmp_path / "grid.yaml"
+    p.write_text("point_grids:\n  - [[0.5, 0.5], [0.25, 0.75]]\n")
+    cfg = AMGConfig.from_preset(str(p))
+    assert cfg.points_per_side is None
+    np.testing.assert_allclose(np.asarray(cfg.point_grids[0]), [[0.5, 0.5], [0.25, 0.75]])
+
+
+def test_empty_yaml_gives_defaults(tmp_path):
+    p = tmp_path / "empty.yaml"
+    p.write_text("")
+    assert AMGConfig.from_preset(str(p)) == AMGConfig()
+
+
+def test_yaml_unknown_key_named(tmp_path):
+    p = tmp_path / "typo.yaml"
+    p.write_text("points_per_side: 8\npred_iou_treshold: 0.5\n")
+    with pytest.raises(ConfigError) as ei:
+        AMGConfig.from_preset(str(p))
+    msg = str(ei.value)
+    assert "pred_iou_treshold" in msg and "typo.yaml" in msg
+
+
+def test_yaml_bad_value_named(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("crop_n_layers: -2\n")
+    with pytest.raises(ConfigError, match="crop_n_layers"):
+        AMGConfig.from_preset(str(p))
+
+
+def test_yaml_not_a_mapping(tmp_path):
+    p = tmp_path / "list.yaml"
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        AMGConfig.from_preset(str(p))
+
+
+def test_yaml_syntax_error_names_file(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("points_per_side: [8\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        AMGConfig.from_preset(str(p))
+
+
+def test_missing_yaml_path(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        AMGConfig.from_preset(str(tmp_path / "nope.yaml"))
+
+
+def test_unknown_preset_lists_known_presets():
+    with pytest.raises(ConfigError) as ei:
+        AMGConfig.from_preset("fastest")
+    msg = str(ei.value)
+    assert "'fastest'" in msg
+    assert "default" in msg and "crops" in msg
