@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -291,6 +290,5 @@ def test_console_script_real_run(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert sorted(os.listdir(out)) == ["groceries.json"]
     check_records(out / "groceries.json", PHOTO_HW["groceries.jpg"])
-    assert "truncated.jpg" in proc.stderr and "truncated" in proc.stderr.split("truncated.jpg")[-1]
+    assert "truncated.jpg" in proc.stderr and "image file is truncated" in proc.stderr
     assert "1/2 images" in proc.stdout
-    assert sys.executable  # the same interpreter environment is on PATH
