@@ -165,7 +165,7 @@ def preset_path(name_or_path: str) -> Path:
         ConfigError: neither an existing file nor a known preset name.
     """
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or "/" in str(name_or_path) or "\\" in str(name_or_path):
         if not p.is_file():
             raise ConfigError(f"preset file not found: {p}")
         return p

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -53,6 +56,10 @@ def load_image(path: str | Path) -> tuple[np.ndarray, str | None]:
                 arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
                 gray = np.clip(arr + 0.5, 0, 255).astype(np.uint8)
                 rgb, note = np.repeat(gray[..., None], 3, axis=2), f"converted from {mode} (range {lo:g}..{hi:g})"
+            elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+                black = Image.new("RGBA", im.size, (0, 0, 0, 255))
+                rgb = np.asarray(Image.alpha_composite(black, im.convert("RGBA")).convert("RGB"))
+                note = f"converted from {mode} (alpha composited on black)"
             else:
                 rgb, note = np.asarray(im.convert("RGB")), f"converted from {mode}"
     except UnidentifiedImageError:
@@ -67,8 +74,9 @@ def load_image(path: str | Path) -> tuple[np.ndarray, str | None]:
 def find_images(inputs: list[str | Path], recursive: bool = True) -> list[Path]:
     """Expand files and folders into a sorted, de-duplicated list of image paths.
 
-    Files are taken as given (whatever their extension, so a bad one is reported rather than
-    skipped silently); folders contribute files with an image extension, searched recursively.
+    Files are taken as given, in the order given (whatever their extension, so a bad one is
+    reported rather than skipped silently); folders contribute their files with an image
+    extension, searched recursively, sorted by path, hidden files and folders excluded.
 
     Raises:
         FileNotFoundError: an input path does not exist.
@@ -78,8 +86,10 @@ def find_images(inputs: list[str | Path], recursive: bool = True) -> list[Path]:
         p = Path(item)
         if p.is_dir():
             pattern = "**/*" if recursive else "*"
-            found.extend(sorted(f for f in p.glob(pattern)
-                                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS))
+            found.extend(sorted(
+                f for f in p.glob(pattern)
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
         elif p.is_file():
             found.append(p)
         else:
@@ -94,13 +104,26 @@ def find_images(inputs: list[str | Path], recursive: bool = True) -> list[Path]:
 
 
 def output_stems(paths: list[Path]) -> list[str]:
-    """A distinct output name per image: its stem, or, when stems collide, its path with the
-    separators replaced by ``__`` (stable across runs for the same inputs)."""
+    """A distinct output name per image, stable across runs for the same inputs.
+
+    The name is the file's stem; where stems collide, the path (extension included) with its
+    separators replaced by ``__``; any name still taken gets ``-2``, ``-3``... in input order.
+    """
     stems = [p.stem for p in paths]
-    dup = {s for s in stems if stems.count(s) > 1}
-    out = []
+    counts = {s: stems.count(s) for s in stems}
+    names = []
     for p, s in zip(paths, stems):
-        out.append("__".join(p.with_suffix("").parts).lstrip("_/").replace(":", "") if s in dup else s)
+        if counts[s] > 1:
+            s = "__".join(part for part in p.parts if part not in ("/", "\\")).replace(":", "")
+        names.append(s)
+    out, used = [], set()
+    for name in names:
+        candidate, k = name, 1
+        while candidate in used:
+            k += 1
+            candidate = f"{name}-{k}"
+        used.add(candidate)
+        out.append(candidate)
     return out
 
 
@@ -110,6 +133,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".part")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, mode) as f:
             f.write(data)
         os.replace(tmp, path)

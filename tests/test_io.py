@@ -130,8 +130,7 @@ def test_rgba_alpha_dropped(tmp_path):
     assert note is not None and "RGBA" in note
 
 
-@pytest.mark.xfail(strict=True, reason="amg/io.py documents 'alpha dropped (composited on black)' "
-                   "but im.convert('RGB') keeps the colour of transparent pixels")
+
 def test_rgba_transparent_pixels_composited_on_black(tmp_path):
     rgba = np.zeros((2, 2, 4), np.uint8)
     rgba[..., 0] = 255
@@ -300,7 +299,7 @@ def test_output_stems_unique_stems_kept():
 def test_output_stems_collisions_use_path():
     paths = [Path("a/dog.jpg"), Path("b/dog.jpg"), Path("cat.png"), Path("c/d/dog.png")]
     stems = output_stems(paths)
-    assert stems == ["a__dog", "b__dog", "cat", "c__d__dog"]
+    assert stems == ["a__dog.jpg", "b__dog.jpg", "cat", "c__d__dog.png"]
     assert output_stems(paths) == stems  # stable
 
 
@@ -309,19 +308,21 @@ def test_output_stems_absolute_paths(tmp_path):
     stems = output_stems(paths)
     assert len(set(stems)) == 2
     for s in stems:
-        assert "/" not in s and not s.startswith("_") and s.endswith("__dog")
-    assert stems[0].endswith("x__dog") and stems[1].endswith("y__dog")
+        assert "/" not in s and not s.startswith("_") and s.endswith("__dog.jpg")
+    assert stems[0].endswith("x__dog.jpg") and stems[1].endswith("y__dog.jpg")
 
 
 def test_output_stems_empty():
     assert output_stems([]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="amg/io.py output_stems drops the extension, so dog.jpg and "
-                   "dog.png in one folder both become 'a__dog' (one JSON overwrites the other)")
+
 def test_output_stems_same_stem_different_extension():
     stems = output_stems([Path("a/dog.jpg"), Path("a/dog.png")])
-    assert len(set(stems)) == 2
+    assert stems == ["a__dog.jpg", "a__dog.png"]
+    # A generated name that equals another file's own stem is numbered, not overwritten.
+    assert output_stems([Path("a/dog.jpg"), Path("b/dog.jpg"), Path("a__dog.jpg")]) == \
+        ["a__dog.jpg", "b__dog.jpg", "a__dog"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Benchmark our MaskGenerator against the reference SamAutomaticMaskGenerator, side by side.
+
+Both run in this one process on the same photos, weights and parameters. Per image it reports
+wall seconds for each, the speed-up, peak resident memory of each run (Linux: the VmHWM
+high-water mark, reset before every run through /proc/self/clear_refs), masks found, and the
+parity figures (fraction of reference masks matched by ours at mask IoU >= 0.9 and vice versa).
+The reference is a test-only oracle (MobileSAM's reference code, ``pip install -e .[test]``);
+without it the tool times ours alone and says so.
+
+    python3 tools/bench.py ../shared/images/dog.jpg ../shared/images/groceries.jpg
+    python3 tools/bench.py ../shared/images/picture1.jpg --config crops --json out.json
+    python3 tools/bench.py IMG --config fast --reference-config default   # fast preset vs ref defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from amg import AMGConfig, MaskGenerator  # noqa: E402
+from amg.io import load_image  # noqa: E402
+from sam_model import load_model  # noqa: E402
+from sam_model.checkpoints import fetch_checkpoint  # noqa: E402
+
+REFERENCE_PARAMS = ("points_per_side", "points_per_batch", "pred_iou_thresh",
+                    "stability_score_thresh", "stability_score_offset", "box_nms_thresh",
+                    "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
+                    "crop_n_points_downscale_factor", "point_grids", "min_mask_region_area")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's peak-RSS mark (Linux >= 4.0); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size since the last reset, MiB (VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(fn, *args):
+    gc.collect()
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0, peak_rss_mb()
+
+
+def match_fractions(ref, ours, thresh=0.9):
+    """(reference masks matched by ours, our masks matched by the reference) at mask IoU."""
+    a = [r["segmentation"] for r in ref]
+    b = [r["segmentation"] for r in ours]
+    if not a or not b:
+        same = float(len(a) == len(b))
+        return same, same
+    ious = mask_utils.iou(a, b, [0] * len(b))
+    return float((ious.max(1) >= thresh).mean()), float((ious.max(0) >= thresh).mean())
+
+
+def reference_generator(cfg: AMGConfig):
+    """MobileSAM reference generator with ``cfg``'s parameters, or None if not installed."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from mobilesam_lite.mobile_sam import SamAutomaticMaskGenerator, sam_model_registry
+    except ImportError:
+        return None
+    model = sam_model_registry["vit_t"](checkpoint=str(fetch_checkpoint("mobile_sam"))).eval()
+    params = {k: getattr(cfg, k) for k in REFERENCE_PARAMS}
+    if params["point_grids"] is not None:
+        params["points_per_side"] = None
+    return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key] = json.loads(value) if value not in ("None", "none") else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--config", default="default", help="our preset (name or YAML)")
+    p.add_argument("--reference-config", default=None,
+                   help="preset for the reference run (default: same as --config)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="parameter overrides applied to both runs, JSON values")
+    p.add_argument("--no-reference", action="store_true", help="time ours only")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = parse_overrides(args.set)
+    ours_cfg = AMGConfig.from_preset(args.config, **overrides).replace(output_mode="coco_rle")
+    ref_cfg = AMGConfig.from_preset(args.reference_config or args.config, **overrides)
+    ours = MaskGenerator(load_model("mobile_sam", device=args.device), ours_cfg)
+    ref = None if args.no_reference else reference_generator(ref_cfg)
+    if ref is None and not args.no_reference:
+        print("note: the reference (mobilesam-lite, test extra) is not installed; timing ours only")
+    if args.device != "cpu" and ref is not None:
+        ref.predictor.model.to(args.device)
+
+    rows = []
+    for path in args.images:
+        image, _ = load_image(path)
+        row = {"image": path.name, "size": f"{image.shape[1]}x{image.shape[0]}"}
+        our_masks, row["ours_s"], row["ours_peak_mb"] = timed(ours.generate, image)
+        row["ours_masks"] = len(our_masks)
+        if ref is not None:
+            ref_masks, row["ref_s"], row["ref_peak_mb"] = timed(ref.generate, image)
+            row["ref_masks"] = len(ref_masks)
+            row["speedup"] = row["ref_s"] / row["ours_s"]
+            row["ref_matched"], row["ours_matched"] = match_fractions(ref_masks, our_masks)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    header = ["image", "size", "ref_s", "ours_s", "speedup", "ref_peak_mb", "ours_peak_mb",
+              "ref_masks", "ours_masks", "ref_matched", "ours_matched"]
+    print()
+    print(f"ours: {args.config}{' ' + str(overrides) if overrides else ''}; reference: "
+          f"{args.reference_config or args.config}; threads {torch.get_num_threads()}; "
+          f"device {args.device}")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        cells = []
+        for h in header:
+            v = row.get(h, "–")
+            cells.append(f"{v:.2f}" if isinstance(v, float) else str(v))
+        print("| " + " | ".join(cells) + " |")
+    total = sum(r["ours_s"] for r in rows)
+    print(f"ours: {len(rows) / total:.3f} images/s over {len(rows)} image(s)")
+    if args.json:
+        args.json.write_text(json.dumps({"config": args.config, "overrides": overrides,
+                                         "threads": torch.get_num_threads(), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
