@@ -106,16 +106,43 @@ def find_images(inputs: list[str | Path], recursive: bool = True) -> list[Path]:
 def output_stems(paths: list[Path]) -> list[str]:
     """A distinct output name per image, stable across runs for the same inputs.
 
-    The name is the file's stem; where stems collide, the path (extension included) with its
-    separators replaced by ``__``; any name still taken gets ``-2``, ``-3``... in input order.
+    The name is the file's stem. Where stems collide, each colliding file is named by the
+    shortest tail of its path that tells the group apart, parts joined by ``__``: first
+    ``folder__stem`` (``a/dog.jpg`` and ``b/dog.jpg`` give ``a__dog`` and ``b__dog``), then the
+    same tail with the extension (``dog.jpg`` and ``dog.png`` give ``dog.jpg`` and ``dog.png``),
+    then one more folder, and so on. A name still taken after that gets ``-2``, ``-3``... in
+    input order.
+
+    Args:
+        paths: the image files, in run order.
+
+    Returns:
+        One name per path (no extension added), all distinct.
     """
     stems = [p.stem for p in paths]
-    counts = {s: stems.count(s) for s in stems}
-    names = []
-    for p, s in zip(paths, stems):
-        if counts[s] > 1:
-            s = "__".join(part for part in p.parts if part not in ("/", "\\")).replace(":", "")
-        names.append(s)
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(stems):
+        groups.setdefault(s, []).append(i)
+    names = list(stems)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        parts = [[x for x in paths[i].parts if x not in ("/", "\\")] for i in members]
+        depth = max(len(p) for p in parts)
+        for k in range(1, depth + 1):
+            found = False
+            for with_ext in (False, True):
+                tails = []
+                for i, pp in zip(members, parts):
+                    last = pp[-1] if with_ext else stems[i]
+                    tails.append("__".join(pp[-k:-1] + [last]).replace(":", ""))
+                if len(set(tails)) == len(tails):
+                    found = True
+                    break
+            if found:
+                break
+        for i, t in zip(members, tails):
+            names[i] = t
     out, used = [], set()
     for name in names:
         candidate, k = name, 1

@@ -299,7 +299,7 @@ def test_output_stems_unique_stems_kept():
 def test_output_stems_collisions_use_path():
     paths = [Path("a/dog.jpg"), Path("b/dog.jpg"), Path("cat.png"), Path("c/d/dog.png")]
     stems = output_stems(paths)
-    assert stems == ["a__dog.jpg", "b__dog.jpg", "cat", "c__d__dog.png"]
+    assert stems == ["a__dog", "b__dog", "cat", "d__dog"]
     assert output_stems(paths) == stems  # stable
 
 
@@ -308,8 +308,8 @@ def test_output_stems_absolute_paths(tmp_path):
     stems = output_stems(paths)
     assert len(set(stems)) == 2
     for s in stems:
-        assert "/" not in s and not s.startswith("_") and s.endswith("__dog.jpg")
-    assert stems[0].endswith("x__dog.jpg") and stems[1].endswith("y__dog.jpg")
+        assert "/" not in s and not s.startswith("_")
+    assert stems == ["x__dog", "y__dog"]
 
 
 def test_output_stems_empty():
@@ -319,10 +319,10 @@ def test_output_stems_empty():
 
 def test_output_stems_same_stem_different_extension():
     stems = output_stems([Path("a/dog.jpg"), Path("a/dog.png")])
-    assert stems == ["a__dog.jpg", "a__dog.png"]
+    assert stems == ["dog.jpg", "dog.png"]
     # A generated name that equals another file's own stem is numbered, not overwritten.
     assert output_stems([Path("a/dog.jpg"), Path("b/dog.jpg"), Path("a__dog.jpg")]) == \
-        ["a__dog.jpg", "b__dog.jpg", "a__dog"]
+        ["a__dog", "b__dog", "a__dog-2"]
 
 
 # --------------------------------------------------------------------------------------------
