@@ -432,31 +432,37 @@ def code_fingerprint() -> dict[str, Any]:
 
 
 def our_source(preset: str = "default", overrides: dict[str, Any] | None = None,
-               model: str = "mobile_sam", device: str = "cpu", name: str | None = None) -> ProposalSource:
+               model: Any = "mobile_sam", device: str = "cpu", name: str | None = None) -> ProposalSource:
     """Our :class:`MaskGenerator` with a preset (+ overrides) as a :class:`ProposalSource`.
 
     Args:
         preset: preset name (``default``, ``crops``, ...) or YAML path.
         overrides: :class:`AMGConfig` fields to change (``output_mode`` is forced to
             ``coco_rle``).
-        model: :func:`sam_model.load_model` name or checkpoint path.
-        device: torch device string.
+        model: :func:`sam_model.load_model` name or checkpoint path (loaded on first use), or
+            a loaded :class:`sam_model.Sam` (used as is; identified by a hash of its weights,
+            and ``device`` is then taken from it).
+        device: torch device string for a model given by name or path.
         name: row label; default ``preset`` plus ``[k=v,...]`` for the overrides.
 
     Raises:
         ConfigError: unknown preset, parameter or value (raised here, before any work).
     """
+    from sam_model import load_model
+
     from .config import AMGConfig
+    from .generator import MaskGenerator  # imported before the code is fingerprinted
     overrides = dict(overrides or {})
     cfg = AMGConfig.from_preset(preset, **overrides).replace(output_mode="coco_rle")
     params = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output_mode"}
-    key = {"kind": "ours", "model": _model_identity(model), "device": device, "params": params,
-           "code": code_fingerprint()}
+    loaded = not isinstance(model, (str, Path))
+    if loaded:
+        device = str(next(model.parameters()).device)
+    key = {"kind": "ours", "model": _loaded_model_identity(model) if loaded else _model_identity(str(model)),
+           "device": device, "params": params, "code": code_fingerprint()}
 
     def make() -> Any:
-        from sam_model import load_model
-        from .generator import MaskGenerator
-        return MaskGenerator(load_model(model, device=device), cfg)
+        return MaskGenerator(model if loaded else load_model(model, device=device), cfg)
 
     label = name or (preset + (f"[{','.join(f'{k}={v}' for k, v in overrides.items())}]" if overrides else ""))
     return ProposalSource(name=label, key=key, make_generator=make)
@@ -472,6 +478,18 @@ def _model_identity(model: str) -> dict[str, Any]:
         st = p.stat()
         return {"path": str(p.resolve()), "bytes": st.st_size, "mtime": int(st.st_mtime)}
     return {"name": model}
+
+
+def _loaded_model_identity(model: Any) -> dict[str, Any]:
+    """A loaded model's class and the sha256 (16 hex digits) of its state dict (names, dtypes,
+    shapes, bytes)."""
+    import torch
+    h = hashlib.sha256()
+    for k, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return {"class": type(model).__name__, "state_dict_sha256": h.hexdigest()[:16]}
 
 
 def _file_sha256(path: Path) -> str:
@@ -554,6 +572,7 @@ def generate_proposals(source: ProposalSource, dataset: Dataset, cache: str | Pa
                 _atomic_write(entry, json.dumps({
                     "image_id": int(image_id), "file_name": info["file_name"], "image_sha256": sha,
                     "seconds": seconds, "threads": _torch_threads(), "host": platform.node(),
+                    "loadavg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "masks": masks}))
         results.append(res)
         bar.set_postfix(masks=len(res.masks), s=f"{res.seconds:.1f}", cached=res.cached)
