@@ -41,6 +41,7 @@ import math
 import os
 import platform
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -593,11 +594,9 @@ def _compact_records(records: Sequence[dict[str, Any]], image_id: int, h: int, w
 
 
 def _torch_threads() -> int | None:
-    try:
-        import torch
-        return torch.get_num_threads()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return None
+    """torch's intra-op thread count if torch is loaded (never imports it), else None."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
 
 
 def _read_cached(entry: Path, image_id: int, sha: str | None) -> ImageResult | None:
@@ -748,7 +747,8 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         key = f"{r['recall_curve']['max_dets'][-1]}"
         vals = [r.get(f"AR_{s}@{key}", float("nan")) for s in sizes]
         xs = np.arange(len(sizes)) + (i - (len(rows) - 1) / 2) * width
-        ax.bar(xs, np.nan_to_num(vals), width=width, label=r["name"])
+        bars = ax.bar(xs, np.nan_to_num(vals), width=width, label=r["name"])
+        ax.bar_label(bars, labels=[_fmt(v, 2) for v in vals], fontsize=7, padding=1)
     ax.set_xticks(np.arange(len(sizes)), [f"{s}\n({report['dataset']['instances_by_size'][s]} objects)"
                                            for s in sizes])
     ax.set_ylabel("AR@1000 (mask IoU 0.50:0.95)")
