@@ -7,7 +7,8 @@
 
 Inputs are collected by :func:`amg.inputs.collect_images`, the run is :func:`amg.runner.run_dataset`
 (outputs: :mod:`amg.outputs`; resumable; bad images recorded in ``DIR/errors.csv``). Exit code:
-0 every image done, 1 some image failed, 2 bad arguments or a run that cannot start.
+0 every image done, 1 some image failed, 2 bad arguments or a run that cannot start, 130
+interrupted (Ctrl-C; run again to resume).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def _error(msg: object) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns the exit code (0 all images done, 1 some failed, 2 usage)."""
+    """Run the command; returns the exit code (0 all images done, 1 some failed, 2 usage,
+    130 interrupted)."""
     args = build_parser().parse_args(argv)
     overrides = {k: getattr(args, k) for k in FLAG_TYPES if getattr(args, k) is not None}
     from .runner import RunLocked, RunMismatch, RunOptions, run_dataset
@@ -144,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_dataset(images, options)
     except (RunMismatch, RunLocked, CheckpointError, KeyError, ValueError, ImportError) as exc:
         return _error(exc)
+    except KeyboardInterrupt:
+        print(f"segment-everything: interrupted; run the same command again to resume in "
+              f"{args.output}", file=sys.stderr)
+        return 130
 
     extra = f" ({summary.resumed} done by an earlier run)" if summary.resumed else ""
     print(f"segment-everything: {summary.done}/{summary.total} images{extra}, {summary.masks} masks, "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .io import IMAGE_EXTENSIONS
+from .io import find_images
 
 __all__ = ["collect_images", "read_list_file", "coco_file_names"]
 
@@ -45,10 +45,8 @@ def read_list_file(path: str | Path) -> list[Path]:
 
 def _folder_files(folder: Path, pattern: str | None) -> list[Path]:
     if pattern is None:
-        cands = (f for f in folder.glob("**/*") if f.suffix.lower() in IMAGE_EXTENSIONS)
-    else:
-        cands = folder.glob(pattern)
-    return sorted(f for f in cands if f.is_file()
+        return find_images([folder])  # image extensions, recursive, hidden excluded, sorted
+    return sorted(f for f in folder.glob(pattern) if f.is_file()
                   and not any(part.startswith(".") for part in f.relative_to(folder).parts))
 
 

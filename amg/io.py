@@ -8,9 +8,11 @@ integer and float images rescaled from their own min..max range to 0..255. Every
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import IO, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -163,6 +165,29 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, mode) as f:
             f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def open_atomic(path: Path, mode: str = "w") -> Iterator[IO]:
+    """Open a file for streaming writes that appears complete or not at all.
+
+    The data goes to a hidden temp file beside ``path`` (``.<name>...part``), renamed onto
+    ``path`` when the block ends without an exception, and removed otherwise.
+
+    Args:
+        path: the file to write.
+        mode: ``"w"`` (text, UTF-8) or ``"wb"``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".part")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .io import write_atomic
+from .io import open_atomic, write_atomic
 from .polygons import DEFAULT_MIN_POLYGON_AREA, mask_to_polygons
 
 FORMATS = ("json", "coco", "png", "labelmap", "overlay")
@@ -46,7 +46,7 @@ METADATA_HEADER = ["id", "area", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h", "poin
 MAX_LABEL = np.iinfo(np.uint16).max
 
 __all__ = ["FORMATS", "SEGMENTATIONS", "OutputPaths", "decode_mask", "label_map", "mask_colors",
-           "overlay_image", "metadata_rows", "coco_annotations", "assemble_coco",
+           "overlay_image", "metadata_rows", "coco_annotations", "assemble_coco", "write_coco",
            "write_image_outputs"]
 
 
@@ -154,7 +154,8 @@ def mask_colors(n: int) -> np.ndarray:
 
 
 def outline_thickness(hw: tuple[int, int]) -> int:
-    """Outline width in pixels for an image of ``(H, W)``: 1 up to 800 px short side, +1 per 800."""
+    """Outline width in pixels for an image of ``(H, W)``: 1 for a short side under 800 px, one
+    more per 800 px."""
     return max(1, min(hw) // 800 + 1)
 
 
@@ -284,9 +285,12 @@ def coco_annotations(records: list[dict[str, Any]], segmentation: str = "rle",
     return anns
 
 
-def assemble_coco(images: list[dict[str, Any]], annotations: list[list[dict[str, Any]]],
+COCO_INFO = {"description": "automatic masks by segment-everything", "version": "1.0"}
+
+
+def assemble_coco(images: list[dict[str, Any]], annotations: Iterable[list[dict[str, Any]]],
                   category: str = "object") -> dict[str, Any]:
-    """One COCO instances dict from per-image parts.
+    """One COCO instances dict from per-image parts (in memory; see :func:`write_coco`).
 
     Args:
         images: per image ``{"id", "file_name", "width", "height"}``, in the order to write.
@@ -302,7 +306,7 @@ def assemble_coco(images: list[dict[str, Any]], annotations: list[list[dict[str,
         for a in anns:
             out_anns.append({"id": len(out_anns) + 1, "image_id": img["id"], "category_id": 1, **a})
     return {
-        "info": {"description": "automatic masks by segment-everything", "version": "1.0"},
+        "info": COCO_INFO,
         "licenses": [],
         "images": [{"id": i["id"], "file_name": i["file_name"], "width": i["width"],
                     "height": i["height"]} for i in images],
@@ -314,6 +318,37 @@ def assemble_coco(images: list[dict[str, Any]], annotations: list[list[dict[str,
 def coco_json(coco: dict[str, Any]) -> str:
     """The COCO dict as compact JSON text (deterministic: same dict, same bytes)."""
     return json.dumps(coco, separators=(",", ":"))
+
+
+def write_coco(path: Path, images: list[dict[str, Any]],
+               annotations: Iterable[list[dict[str, Any]]], category: str = "object") -> int:
+    """Stream a COCO instances file to ``path``, one image's annotations at a time.
+
+    Writes exactly ``coco_json(assemble_coco(images, annotations, category))`` without holding
+    every annotation in memory; atomically (:func:`amg.io.open_atomic`).
+
+    Args:
+        images, annotations, category: as for :func:`assemble_coco`; ``annotations`` may be a
+            generator (e.g. reading each image's part from disk).
+
+    Returns:
+        The number of annotations written.
+    """
+    def dumps(x: Any) -> str:
+        return json.dumps(x, separators=(",", ":"))
+
+    head = assemble_coco(images, [[] for _ in images], category)
+    n = 0
+    with open_atomic(path) as f:
+        f.write('{"info":' + dumps(head["info"]) + ',"licenses":[],"images":'
+                + dumps(head["images"]) + ',"annotations":[')
+        for img, anns in zip(images, annotations, strict=True):
+            for a in anns:
+                n += 1
+                f.write(("," if n > 1 else "")
+                        + dumps({"id": n, "image_id": img["id"], "category_id": 1, **a}))
+        f.write('],"categories":' + dumps(head["categories"]) + "}")
+    return n
 
 
 def write_image_outputs(paths: OutputPaths, stem: str, image: np.ndarray,

@@ -22,6 +22,8 @@ output folders must be the same shared filesystem paths on every node.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -138,16 +140,22 @@ def run_ray_jobs(jobs: list[ImageJob], options: RunOptions, progress: Progress) 
                           f" ({exc})") from None
     started = False
     if not ray.is_initialized():
-        ray.init(address=options.ray_address, include_dashboard=False,
-                 logging_level="WARNING", log_to_driver=True)
+        address = options.ray_address or os.environ.get("RAY_ADDRESS") or None
+        kwargs: dict[str, Any] = {"logging_level": "WARNING"}
+        if address is None:  # a new local cluster: no dashboard needed
+            kwargs["include_dashboard"] = False
+        ray.init(address=address, **kwargs)
         started = True
+    # Workers may run elsewhere or in another folder: absolute paths only.
+    model = str(Path(options.model).resolve()) if Path(options.model).exists() else options.model
+    options = dataclasses.replace(options, output=options.output.resolve(), model=model)
     try:
         plan = plan_actors(ray.cluster_resources(), options.device, options.ray_actors,
                            options.threads)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        rows = [{"index": j.index, "path": str(j.path), "stem": j.stem, "file_name": j.file_name}
-                for j in jobs]
+        rows = [{"index": j.index, "path": str(j.path.resolve()), "stem": j.stem,
+                 "file_name": j.file_name} for j in jobs]
         ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 1024))
         # A fractional CPU keeps decoding a separate (unfused) step beside the model actors.
         ds = ds.map(decode_row, num_cpus=0.5)

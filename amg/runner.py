@@ -43,8 +43,8 @@ from tqdm import tqdm
 from .config import AMGConfig
 from .inputs import coco_file_names
 from .io import ImageReadError, load_image, output_stems, write_atomic
-from .outputs import (FORMATS, SEGMENTATIONS, OutputPaths, assemble_coco, coco_annotations,
-                      coco_json, write_image_outputs)
+from .outputs import (FORMATS, SEGMENTATIONS, OutputPaths, coco_annotations, write_coco,
+                      write_image_outputs)
 from .polygons import DEFAULT_MIN_POLYGON_AREA
 from .record_filters import apply_record_filters
 
@@ -299,10 +299,27 @@ class RunState:
             return None
         return part
 
+    def annotations(self, job: ImageJob) -> list[dict[str, Any]]:
+        """The COCO annotations stored in a finished image's done marker.
+
+        Raises:
+            RuntimeError: the marker vanished or has no annotations (it was written by a run
+                without the ``coco`` format, which the parameter check rules out).
+        """
+        part = self.finished(job)
+        if part is None or "annotations" not in part:
+            raise RuntimeError(f"{self.marker(job.stem)}: done marker missing or without COCO "
+                               "annotations; rerun with --overwrite")
+        return part["annotations"]
+
     def mark_done(self, job: ImageJob, part: dict[str, Any]) -> None:
         """Write the image's done marker (atomically, after all its outputs)."""
         write_atomic(self.marker(job.stem),
                      json.dumps({"source": _source_signature(job.path), **part}, separators=(",", ":")))
+
+
+def _summary_of(part: dict[str, Any]) -> dict[str, Any]:
+    return {"height": part["height"], "width": part["width"], "masks": part["masks"]}
 
 
 def _source_signature(path: Path) -> dict[str, Any]:
@@ -480,12 +497,13 @@ def run_dataset(images: list[str | Path], options: RunOptions) -> RunSummary:
         for folder in (paths.root, paths.coco.parent, paths.root / "labelmaps",
                        paths.root / "overlays", state.dir, state.done_dir):
             _remove_temp_files(folder)
+        # index -> {"height", "width", "masks"} of finished images (annotations stay on disk)
         parts: dict[int, dict[str, Any]] = {}
         todo = []
         for job in jobs:
             part = state.finished(job)
             if part is not None:
-                parts[job.index] = part
+                parts[job.index] = _summary_of(part)
             else:
                 todo.append(job)
         resumed = len(parts)
@@ -507,14 +525,14 @@ def run_dataset(images: list[str | Path], options: RunOptions) -> RunSummary:
             if job.index not in progress.failed:
                 part = state.finished(job)
                 if part is not None:
-                    parts[job.index] = part
+                    parts[job.index] = _summary_of(part)
         if "coco" in options.formats:
             done_jobs = [j for j in jobs if j.index in parts]
-            coco = assemble_coco(
-                [{"id": j.index + 1, "file_name": j.file_name, "width": parts[j.index]["width"],
-                  "height": parts[j.index]["height"]} for j in done_jobs],
-                [parts[j.index]["annotations"] for j in done_jobs], options.category)
-            write_atomic(paths.coco, coco_json(coco))
+            write_coco(paths.coco,
+                       [{"id": j.index + 1, "file_name": j.file_name,
+                         "width": parts[j.index]["width"], "height": parts[j.index]["height"]}
+                        for j in done_jobs],
+                       (state.annotations(j) for j in done_jobs), options.category)
         failed = [progress.failed[i] for i in sorted(progress.failed)]
         return RunSummary(total=len(jobs), done=len(parts), resumed=resumed, failed=failed,
                           masks=sum(p["masks"] for p in parts.values()),

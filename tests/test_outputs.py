@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 
 from amg.outputs import (METADATA_HEADER, OutputPaths, assemble_coco, coco_annotations,
                          coco_json, decode_mask, label_map, mask_colors, metadata_rows,
-                         outline_thickness, overlay_image, write_image_outputs)
+                         outline_thickness, overlay_image, write_coco, write_image_outputs)
 from amg.polygons import mask_to_polygons
 from amg.record_filters import apply_record_filters, filter_by_area, mask_nms
 from amg.rle import mask_to_coco_rle
@@ -281,9 +281,11 @@ def test_coco_annotations_and_file_load(tmp_path):
     images = [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30},
               {"id": 3, "file_name": "sub/b.png", "width": 40, "height": 30}]
     for anns in (rle_anns, poly_anns):
-        coco = assemble_coco(images, [anns, anns], "thing")
         path = tmp_path / "instances.json"
-        path.write_text(coco_json(coco))
+        # streamed from a generator, byte for byte the in-memory assembly
+        assert write_coco(path, images, (a for a in [anns, anns]), "thing") == 2 * len(anns)
+        assert path.read_text() == coco_json(assemble_coco(images, [anns, anns], "thing"))
+        assert [p.name for p in tmp_path.iterdir()] == ["instances.json"]
         api = COCO(str(path))
         assert api.getCatIds() == [1] and api.loadCats(1)[0]["name"] == "thing"
         assert sorted(api.getImgIds()) == [1, 3]
