@@ -93,12 +93,16 @@ class OutputPaths:
         return out
 
 
+def _bytes_rle(segmentation: dict[str, Any]) -> dict[str, Any]:
+    """A COCO RLE with ``counts`` as bytes, as pycocotools' functions take it."""
+    counts = segmentation["counts"]
+    return {"size": list(segmentation["size"]),
+            "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
+
+
 def decode_mask(segmentation: dict[str, Any]) -> np.ndarray:
     """A COCO RLE (``counts`` str or bytes) as an ``(H, W)`` bool array (C order), rows = y."""
-    counts = segmentation["counts"]
-    rle = {"size": list(segmentation["size"]),
-           "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
-    return np.ascontiguousarray(mask_utils.decode(rle).astype(bool))
+    return np.ascontiguousarray(mask_utils.decode(_bytes_rle(segmentation)).astype(bool))
 
 
 def _paint_order(records: list[dict[str, Any]]) -> list[int]:
@@ -186,14 +190,18 @@ def overlay_image(image: np.ndarray, records: list[dict[str, Any]],
     if labels is None:
         labels = label_map(records, hw)
     colors = mask_colors(len(records))
-    out = image.copy()
-    covered = labels > 0
-    tint = colors[labels[covered].astype(np.int64) - 1].astype(np.uint16)
-    out[covered] = ((image[covered].astype(np.uint16) + tint + 1) // 2).astype(np.uint8)
+    lut = np.zeros((len(records) + 1, 3), np.uint16)  # row 0: no mask
+    lut[1:] = colors
+    blended = ((image.astype(np.uint16) + lut[labels] + 1) >> 1).astype(np.uint8)
+    out = np.where((labels > 0)[..., None], blended, image)
     thickness = outline_thickness(hw)
     for i in _paint_order(records):
-        m = decode_mask(records[i]["segmentation"]).astype(np.uint8)
-        contours, _ = cv2.findContours(m, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        seg = records[i]["segmentation"]
+        m = decode_mask(seg)
+        # trace on the mask's box only (COCO box: x, y, columns, rows), shifted back
+        x, y, w, h = (int(v) for v in mask_utils.toBbox(_bytes_rle(seg)))
+        crop = np.ascontiguousarray(m[y:y + h, x:x + w], dtype=np.uint8)
+        contours, _ = cv2.findContours(crop, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE, offset=(x, y))
         cv2.drawContours(out, contours, -1, tuple(int(c) for c in colors[i]), thickness)
     return out
 

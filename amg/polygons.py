@@ -52,14 +52,15 @@ def mask_to_polygons(mask: np.ndarray, min_area: float = DEFAULT_MIN_POLYGON_ARE
         raise ValueError(f"mask must have shape (H, W), got {mask.shape}")
     if min_area < 0:
         raise ValueError(f"min_area must be >= 0, got {min_area!r}")
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) == 0:
         return []
+    cols = np.flatnonzero(mask.any(axis=0))
     # Work on the mask's box (plus a 1-pixel margin) upsampled 2x; map back at the end.
-    x0, y0 = int(xs.min()) - 1, int(ys.min()) - 1
-    x1, y1 = int(xs.max()) + 2, int(ys.max()) + 2
-    sub = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    sub[ys - y0, xs - x0] = 1
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    sub = np.zeros((r1 - r0 + 2, c1 - c0 + 2), np.uint8)
+    sub[1:-1, 1:-1] = mask[r0:r1, c0:c1] != 0
+    x0, y0 = c0 - 1, r0 - 1
     up = cv2.resize(sub, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
     contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     if hierarchy is None:
