@@ -6,14 +6,17 @@ stability score pass their thresholds and whose box does not touch an inner crop
 inside the crop; then box NMS across crops preferring smaller crops; optionally remove small
 islands and holes; return the reference's mask records.
 
-Differences from the reference are in *how*, not *what*:
-- the predicted-IoU filter runs before any mask is upscaled, and only the prompts with a
-  surviving mask go through the output upscaling (the IoU head never sees the masks, so this is
-  exact);
-- the image embedding is broadcast over the prompts, not repeated, so the first two-way block's
-  image-side projections are computed once per batch (see ``two_way_transformer``);
-- surviving masks are upscaled to full size in small chunks, so no step holds a whole batch of
-  full-size masks; only RLE leaves the loop.
+Differences from the reference are in *how*, not *what* (each step is an exact rewrite; results
+equal the reference's up to float rounding):
+- the mask decoder runs through :class:`sam_model.grid_decoder.GridDecoder`: the first two-way
+  block's image-side projections are computed once per crop, the attention over the 4096 image
+  tokens is re-associated so per-prompt work shrinks, and prompts are decoded in cache-sized
+  chunks (``decoder_chunk_size``) whatever ``points_per_batch`` is;
+- the predicted-IoU filter runs before any mask is upscaled, and only the surviving masks go
+  through the output upscaling, over the image tokens that cover the image (not the padding);
+- each survivor is upscaled only inside the region its logits can reach
+  (:class:`amg.upscale.RegionUpscaler`); the stability score, box, edge filter and RLE are
+  computed from that region, so no step holds a full-size mask, let alone a batch of them.
 """
 
 from __future__ import annotations
@@ -25,20 +28,21 @@ import torch
 from torchvision.ops import batched_nms, box_area
 
 from sam_model import ImageEmbedding, Sam
+from sam_model.grid_decoder import GridDecoder, ImageContext
 from sam_model.sam import check_rgb_image
 
 from .config import AMGConfig, check_names
-from .crops import generate_crop_boxes, is_box_near_crop_edge, uncrop_masks
+from .coarse_to_fine import grid_passes, uncovered
+from .crops import generate_crop_boxes, is_box_near_crop_edge
 from .grid import build_all_layer_point_grids
 from .mask_data import MaskData
 from .masks import masks_to_boxes_xyxy, stability_score
 from .records import mask_data_to_records
 from .regions import remove_small_regions
-from .rle import masks_to_rle, rle_to_mask
+from .rle import area_from_rle, masks_to_rle, rle_to_mask
+from .upscale import RegionUpscaler, region_box_xyxy, region_to_rle
 
 MULTIMASK_TOKENS = [1, 2, 3]
-# Full-size float32 logits upscaled at once: bounded by pixels, not by the batch size.
-UPSCALE_PIXEL_BUDGET = 32 * 1024 * 1024
 
 
 class MaskGenerator:
@@ -58,6 +62,8 @@ class MaskGenerator:
         self.model = model
         self.config = (config or AMGConfig()).replace(**params) if params else (config or AMGConfig())
         cfg = self.config
+        with torch.no_grad():
+            self.grid_decoder = GridDecoder(model.mask_decoder)
         if cfg.point_grids is not None:
             self.point_grids = [np.asarray(g, dtype=np.float64) for g in cfg.point_grids]
         else:
@@ -103,14 +109,35 @@ class MaskGenerator:
 
     # ------------------------------------------------------------------ steps
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int) -> MaskData:
+        model = self.model
         x0, y0, x1, y1 = crop_box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
-        emb = self.model.encode_image(crop)
+        emb = model.encode_image(crop)
         ch, cw = crop.shape[:2]
+        # Shared per-crop work: first-block image projections, and the upscaling matrices of
+        # the low-res rows/columns that reach the image (the rest is padding).
+        no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)  # (1, C, 1, 1)
+        ctx = self.grid_decoder.prepare(emb.embedding, model.dense_pe(emb),
+                                        no_mask.expand_as(emb.embedding))
+        full_low = 4 * emb.grid_hw[0]
+        nh, nw = RegionUpscaler.needed_low_res(full_low, model.input_size, emb.input_hw, emb.original_hw)
+        token_hw = (-(-nh // 4), -(-nw // 4))
+        upscaler = RegionUpscaler((4 * token_hw[0], 4 * token_hw[1]), full_low, model.input_size,
+                                  emb.input_hw, emb.original_hw, model.device)
         points = self.point_grids[layer] * np.array([[cw, ch]])  # (N, 2) float64, crop pixels
-        ppb = self.config.points_per_batch
-        parts = [self._process_batch(emb, points[i:i + ppb], crop_box, image.shape[:2])
-                 for i in range(0, len(points), ppb)]
+        cfg = self.config
+        ppb = cfg.points_per_batch
+        parts: list[MaskData] = []
+        for p, idx in enumerate(grid_passes(len(points), cfg.coarse_to_fine_stride)):
+            pts = points[idx]
+            if p > 0 and parts:  # fast preset: skip points that a small mask already covers
+                found = MaskData.cat(parts)
+                areas = np.array([area_from_rle(r) for r in found.rles])
+                pts = pts[uncovered(pts, (x0, y0), found.rles, areas,
+                                    cfg.coarse_cover_area_frac * ch * cw)]
+            parts += [self._process_batch(emb, ctx, token_hw, upscaler, pts[i:i + ppb], crop_box,
+                                          image.shape[:2])
+                      for i in range(0, len(pts), ppb)]
         data = MaskData.cat(parts)
         if len(data):
             keep = batched_nms(data.boxes_xyxy.float(), data.predicted_iou,
@@ -123,73 +150,82 @@ class MaskGenerator:
                                                        device=data.points_xy.device)
         return data
 
-    def _decode_survivors(self, emb: ImageEmbedding, points_xy: torch.Tensor
+    def _decode_survivors(self, emb: ImageEmbedding, ctx: ImageContext, token_hw: tuple[int, int],
+                          points_xy: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decode a batch of single-point prompts; keep multimask outputs passing the IoU filter.
 
+        Args:
+            emb: the crop's image embedding. ctx: its :meth:`GridDecoder.prepare` context.
+            token_hw: image tokens to upscale (those under the image, not the padding).
+            points_xy: (B, 2) float64, xy in crop pixels.
+
         Returns:
-            low-res logits (K, 256, 256) float32, predicted IoU (K,) float32, and the prompt
+            low-res logits (K, 4*th, 4*tw) float32 (the top-left part of the reference's
+            256x256 map that reaches the image), predicted IoU (K,) float32, and the prompt
             index of each kept mask (K,) int64, in prompt-major then token order (reference).
         """
         model, cfg = self.model, self.config
-        dec = model.mask_decoder
+        gd = self.grid_decoder
         n = points_xy.shape[0]
         labels = torch.ones(n, 1, dtype=torch.int64, device=model.device)
         pts = model.to_input_frame(points_xy[:, None, :], emb)
-        sparse, dense = model.prompt_encoder(pts, labels, None, None, emb.grid_hw)
-        pe = model.dense_pe(emb)
+        sparse = model.prompt_encoder(pts, labels, None, None, emb.grid_hw)[0]
         lows, ious, idxs = [], [], []
         step = cfg.decoder_chunk_size
         for s in range(0, n, step):
-            tokens, img_tokens = dec.run_transformer(emb.embedding, pe, sparse[s:s + step], dense)
-            iou = dec.predict_iou(tokens)[:, MULTIMASK_TOKENS]  # (b, 3)
-            keep = iou > cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+            tokens, img_tokens = gd.run_transformer(ctx, sparse[s:s + step])
+            iou = gd.predict_iou(tokens)[:, MULTIMASK_TOKENS]  # (b, 3)
+            keep = iou > cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 \
+                else torch.ones_like(iou, dtype=torch.bool)
             rows = keep.any(1).nonzero().flatten()
             if len(rows) == 0:
                 continue
-            low = dec.predict_mask_logits(tokens[rows], img_tokens[rows], emb.grid_hw,
-                                          MULTIMASK_TOKENS)  # (r, 3, 256, 256)
+            low = gd.predict_mask_logits(tokens[rows], img_tokens[rows], ctx.grid_hw,
+                                         MULTIMASK_TOKENS, token_hw)  # (r, 3, 4th, 4tw)
             k = keep[rows]
             lows.append(low[k])
             ious.append(iou[rows][k])
             idxs.append((rows[:, None] + s).expand(-1, 3)[k])
         if not lows:
             empty = torch.zeros(0, device=model.device)
-            return empty.reshape(0, 256, 256), empty, empty.long()
+            return empty.reshape(0, 4 * token_hw[0], 4 * token_hw[1]), empty, empty.long()
         return torch.cat(lows), torch.cat(ious), torch.cat(idxs)
 
-    def _process_batch(self, emb: ImageEmbedding, points: np.ndarray, crop_box: list[int],
+    def _process_batch(self, emb: ImageEmbedding, ctx: ImageContext, token_hw: tuple[int, int],
+                       upscaler: RegionUpscaler, points: np.ndarray, crop_box: list[int],
                        orig_hw: tuple[int, int]) -> MaskData:
+        """One batch of ``points_per_batch`` prompts -> its kept masks (RLE in the full image).
+
+        Each IoU survivor is upscaled only inside the region its logits can reach
+        (:class:`RegionUpscaler`), so no full-size mask is ever built.
+        """
         model, cfg = self.model, self.config
         dev = model.device
         points_xy = torch.from_numpy(points).to(dev)
-        low, iou, idx = self._decode_survivors(emb, points_xy)
+        low, iou, idx = self._decode_survivors(emb, ctx, token_hw, points_xy)
         oh, ow = orig_hw
-        ch, cw = emb.original_hw
-        chunk = max(1, UPSCALE_PIXEL_BUDGET // (ch * cw))
-        rles, boxes, ious, stabs, pts = [], [], [], [], []
-        for s in range(0, len(low), chunk):
-            logits = model.upscale_masks(low[s:s + chunk, None], emb)[:, 0]  # (c, ch, cw)
-            stab = stability_score(logits, model.mask_threshold, cfg.stability_score_offset)
-            keep = stab >= cfg.stability_score_thresh if cfg.stability_score_thresh > 0 \
-                else torch.ones_like(stab, dtype=torch.bool)
-            masks = logits[keep] > model.mask_threshold
-            del logits
-            box = masks_to_boxes_xyxy(masks)
-            inner = ~is_box_near_crop_edge(box, crop_box, [0, 0, ow, oh])
-            masks, box = masks[inner], box[inner]
-            rles.extend(masks_to_rle(uncrop_masks(masks, crop_box, oh, ow)))
+        cx0, cy0 = crop_box[0], crop_box[1]
+        thr, off, s_thr = model.mask_threshold, cfg.stability_score_offset, cfg.stability_score_thresh
+        rles, boxes, sel, stabs = [], [], [], []
+        for i in range(len(low)):
+            up = upscaler.upscale(low[i], thr, off)
+            if s_thr > 0 and not up.stability >= s_thr:  # nan fails, as in the reference
+                continue
+            box = region_box_xyxy(up.mask, up.y0, up.x0)  # crop frame, XYXY inclusive
+            if bool(is_box_near_crop_edge(box[None], crop_box, [0, 0, ow, oh])[0]):
+                continue
+            rles.append(region_to_rle(up.mask, up.y0 + cy0, up.x0 + cx0, oh, ow))
             boxes.append(box)
-            sel = keep.nonzero().flatten()[inner]
-            ious.append(iou[s:s + chunk][sel])
-            stabs.append(stab[sel])
-            pts.append(points_xy[idx[s:s + chunk][sel]])
+            sel.append(i)
+            stabs.append(up.stability)
         if not rles:
             return MaskData().to(dev)
+        sel_t = torch.tensor(sel, dtype=torch.int64, device=dev)
         crop_t = torch.tensor([crop_box], dtype=torch.int64, device=dev).expand(len(rles), 4)
-        return MaskData(rles=rles, boxes_xyxy=torch.cat(boxes), predicted_iou=torch.cat(ious),
-                        stability_score=torch.cat(stabs), points_xy=torch.cat(pts),
-                        crop_boxes_xyxy=crop_t.clone())
+        return MaskData(rles=rles, boxes_xyxy=torch.stack(boxes), predicted_iou=iou[sel_t],
+                        stability_score=torch.tensor(stabs, dtype=torch.float32, device=dev),
+                        points_xy=points_xy[idx[sel_t]], crop_boxes_xyxy=crop_t.clone())
 
 
 def remove_small_regions_and_dedupe(data: MaskData, min_area: int, nms_thresh: float) -> MaskData:

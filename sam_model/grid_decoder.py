@@ -1,0 +1,257 @@
+"""Batched mask decoding of many prompts on one image: an exact algebraic rewrite of
+:class:`~sam_model.mask_decoder.MaskDecoder` for the automatic mask generator's workload.
+
+The mask decoder's cost is dominated by per-prompt work over the 64x64 = 4096 image tokens. For
+many prompts on one image embedding (and no mask prompt), three identities cut that work
+roughly in half, and the results equal the reference up to float rounding:
+
+1. First two-way block: the image tokens are the same for every prompt, so the keys/values of
+   the tokens->image attention and the queries of the image->tokens attention are projected once
+   per image (:meth:`GridDecoder.prepare`), not once per prompt.
+2. Tokens->image attention with per-prompt image tokens ``x`` (Nt ~ 7 tokens, 8 heads of 16):
+   ``q_h . (W_k x + b_k) = (W_k^T q_h) . x + const`` — the query is projected back to the
+   256-d token space (the constant ``q_h . b_k`` drops out of a softmax over the image tokens),
+   and ``sum_n p_n (W_v x_n + b_v) = W_v (sum_n p_n x_n) + b_v`` — values are pooled before
+   projection. Two (56 x 256) x (256 x 4096) products replace two (4096 x 256) x (256 x 128)
+   projections plus the attention itself.
+3. Image->tokens attention with per-prompt image queries: ``(W_q x + b_q) . k_h =
+   x . (W_q^T k_h) + b_q . k_h`` — the 7 keys are projected back instead of the 4096 queries,
+   and ``out_proj(sum_t p_t v_t) = sum_t p_t (W_o v_t)`` folds the value/output projections
+   into one (56 x 256) matrix per prompt.
+
+The output upscaling (two 2x2, stride-2 transposed convolutions) is written as two
+channels-last matrix products (a stride-2, kernel-2 transposed convolution is a per-token
+linear map followed by a pixel shuffle) with ``F.layer_norm``; the mask for every pixel is
+then one 32-d dot product with the hypernetwork weights.
+
+Everything is float32 on the model's device. Reference semantics: ``MaskDecoder.forward`` with
+``multimask_output`` over single-point prompts and the "no mask" dense embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from .mask_decoder import MaskDecoder
+from .two_way_transformer import DecoderAttention
+
+
+@dataclass
+class ImageContext:
+    """Per-image tensors shared by every prompt batch (from :meth:`GridDecoder.prepare`).
+
+    Attributes:
+        keys0: (HW, C) image embedding plus dense prompt, channels-last.
+        pe: (HW, C) positional encoding of the grid.
+        k0: (heads, HW, d) first block tokens->image keys, per head.
+        v0: (heads, HW, d) first block tokens->image values, per head.
+        q0: (heads, HW, d) first block image->tokens queries, per head.
+        grid_hw: (h, w) of the embedding grid.
+    """
+
+    keys0: torch.Tensor
+    pe: torch.Tensor
+    k0: torch.Tensor
+    v0: torch.Tensor
+    q0: torch.Tensor
+    grid_hw: tuple[int, int]
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., heads * d) -> (..., heads, d)."""
+    return x.unflatten(-1, (heads, x.shape[-1] // heads))
+
+
+class GridDecoder:
+    """Exact fast decoding of prompt batches on one image (see module docstring).
+
+    Args:
+        decoder: the model's :class:`MaskDecoder` (weights are read, not copied, except the
+            re-laid upscaling weights).
+    """
+
+    def __init__(self, decoder: MaskDecoder) -> None:
+        self.dec = decoder
+        t = decoder.transformer
+        if len(t.layers) < 1:
+            raise ValueError("GridDecoder needs a two-way transformer with at least one block")
+        self.heads = t.final_attn_token_to_image.num_heads
+        up = decoder.output_upscaling
+        ct1, ln, ct2 = up[0], up[1], up[3]
+        c1, c2 = ct1.out_channels, ct2.out_channels
+        # (in, out, i, j) -> (in, [i, j, out]): output sub-pixel (i, j) outer, channel inner.
+        self.w1 = ct1.weight.permute(0, 2, 3, 1).reshape(ct1.in_channels, 4 * c1).contiguous()
+        self.b1 = ct1.bias.repeat(4)
+        self.w2 = ct2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2).contiguous()
+        self.b2 = ct2.bias.repeat(4)
+        self.ln_w, self.ln_b, self.ln_eps = ln.weight, ln.bias, ln.eps
+        self.c1, self.c2 = c1, c2
+
+    # ------------------------------------------------------------------ per image
+    def prepare(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
+                dense: torch.Tensor) -> ImageContext:
+        """Shared image-side work of the first block.
+
+        Args:
+            image_embedding: (1, C, h, w) float32. image_pe: (1, C, h, w). dense: (1, C, h, w)
+                (the broadcast "no mask" embedding).
+        """
+        keys0 = (image_embedding + dense)[0].flatten(1).T.contiguous()  # (HW, C)
+        pe = image_pe[0].flatten(1).T.contiguous()
+        x0 = keys0 + pe
+        block = self.dec.transformer.layers[0]
+        h = self.heads
+        k0 = _heads(block.cross_attn_token_to_image.k_proj(x0), h).transpose(0, 1).contiguous()
+        v0 = _heads(block.cross_attn_token_to_image.v_proj(keys0), h).transpose(0, 1).contiguous()
+        q0 = _heads(block.cross_attn_image_to_token.q_proj(x0), h).transpose(0, 1).contiguous()
+        return ImageContext(keys0, pe, k0, v0, q0, tuple(image_embedding.shape[-2:]))
+
+    # ------------------------------------------------------------------ attention rewrites
+    def _tokens_to_shared_image(self, attn: DecoderAttention, q_in: torch.Tensor,
+                                ctx: ImageContext) -> torch.Tensor:
+        """Tokens (B, Nt, C) attend to the shared first-block image keys/values -> (B, Nt, C)."""
+        b, nt, _ = q_in.shape
+        q = _heads(attn.q_proj(q_in), self.heads)  # (B, Nt, H, d)
+        q = q.permute(2, 0, 1, 3).reshape(self.heads, b * nt, -1)  # (H, B*Nt, d)
+        out = F.scaled_dot_product_attention(q, ctx.k0, ctx.v0)  # (H, B*Nt, d)
+        out = out.reshape(self.heads, b, nt, -1).permute(1, 2, 0, 3).reshape(b, nt, -1)
+        return attn.out_proj(out)
+
+    def _shared_image_to_tokens(self, attn: DecoderAttention, tokens_pe: torch.Tensor,
+                                tokens: torch.Tensor, ctx: ImageContext) -> torch.Tensor:
+        """Shared first-block image queries attend to each prompt's tokens; returns the
+        residual sum ``keys0 + attention`` (B, HW, C)."""
+        b, nt, _ = tokens.shape
+        h = self.heads
+        k = _heads(attn.k_proj(tokens_pe), h)  # (B, Nt, H, d)
+        v = _heads(attn.v_proj(tokens), h)
+        d = k.shape[-1]
+        k = k.permute(2, 0, 1, 3).reshape(h, b * nt, d)
+        logits = torch.bmm(k, ctx.q0.transpose(1, 2)) * d ** -0.5  # (H, B*Nt, HW)
+        p = logits.view(h, b, nt, -1).softmax(2)  # softmax over the prompt's tokens
+        p = p.transpose(0, 1).reshape(b, h * nt, -1)  # (B, H*Nt, HW)
+        m = self._fold_values(attn, v)
+        return torch.baddbmm(ctx.keys0, p.transpose(1, 2), m)
+
+    @staticmethod
+    def _fold_values(attn: DecoderAttention, v: torch.Tensor) -> torch.Tensor:
+        """``W_o v_t`` per head and token plus ``b_o / H`` (the attention weights of each head
+        sum to 1 over the tokens, so the H heads add the output bias exactly once):
+        (B, Nt, H, d) -> (B, H*Nt, C)."""
+        b, nt, h, d = v.shape
+        m = torch.einsum("bthd,chd->bhtc", v, attn.out_proj.weight.unflatten(1, (h, d)))
+        return (m + attn.out_proj.bias / h).reshape(b, h * nt, -1)
+
+    def _tokens_to_image(self, attn: DecoderAttention, q_in: torch.Tensor, x: torch.Tensor,
+                         ctx: ImageContext) -> torch.Tensor:
+        """Identity 2: tokens (B, Nt, C) attend to per-prompt image tokens ``x`` (B, HW, C),
+        keys from ``x + pe`` -> (B, Nt, C). The ``pe`` term is one product for the batch."""
+        b, nt, _ = q_in.shape
+        h = self.heads
+        q = _heads(attn.q_proj(q_in), h)  # (B, Nt, H, d)
+        d = q.shape[-1]
+        wk = attn.k_proj.weight.unflatten(0, (h, d))  # (H, d, C)
+        qk = torch.einsum("bthd,hdc->bhtc", q, wk).reshape(b, h * nt, -1) * d ** -0.5
+        logits = torch.matmul(qk, ctx.pe.T)  # (B, H*Nt, HW), shared pe term
+        p = torch.baddbmm(logits, qk, x.transpose(1, 2)).softmax(-1)
+        pooled = torch.bmm(p, x).unflatten(1, (h, nt))  # (B, H, Nt, C)
+        wv = attn.v_proj.weight.unflatten(0, (h, d))  # (H, d, C)
+        out = torch.einsum("bhtc,hdc->bthd", pooled, wv).reshape(b, nt, h * d) + attn.v_proj.bias
+        return attn.out_proj(out)
+
+    def _image_to_tokens(self, attn: DecoderAttention, x: torch.Tensor,
+                         tokens_pe: torch.Tensor, tokens: torch.Tensor,
+                         ctx: ImageContext) -> torch.Tensor:
+        """Identity 3: per-prompt image queries from ``x + pe`` (x: (B, HW, C)) attend to the
+        tokens; returns the residual sum ``x + attention`` (B, HW, C)."""
+        b, nt, _ = tokens.shape
+        h = self.heads
+        k = _heads(attn.k_proj(tokens_pe), h)  # (B, Nt, H, d)
+        v = _heads(attn.v_proj(tokens), h)
+        d = k.shape[-1]
+        wq = attn.q_proj.weight.unflatten(0, (h, d))  # (H, d, C)
+        kq = torch.einsum("bthd,hdc->bhtc", k, wq).reshape(b, h * nt, -1) * d ** -0.5
+        const = torch.einsum("bthd,hd->bht", k, attn.q_proj.bias.unflatten(0, (h, d)))
+        logits = torch.matmul(kq, ctx.pe.T) + const.reshape(b, h * nt, 1) * d ** -0.5
+        logits = torch.baddbmm(logits, kq, x.transpose(1, 2))  # (B, H*Nt, HW)
+        p = logits.view(b, h, nt, -1).softmax(2).view(b, h * nt, -1)
+        return torch.baddbmm(x, p.transpose(1, 2), self._fold_values(attn, v))
+
+    # ------------------------------------------------------------------ decoder
+    def run_transformer(self, ctx: ImageContext, sparse: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two-way transformer for a prompt batch.
+
+        Args:
+            ctx: from :meth:`prepare`.
+            sparse: (B, Np, C) float32 prompt tokens.
+
+        Returns:
+            tokens (B, 5 + Np, C) and image tokens (B, HW, C), as ``MaskDecoder.run_transformer``.
+        """
+        dec = self.dec
+        b = sparse.shape[0]
+        out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], 0)
+        pe_tok = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], 1)
+        queries = pe_tok
+        keys = None
+        for i, blk in enumerate(dec.transformer.layers):
+            if blk.skip_first_layer_pe:
+                queries = blk.self_attn(queries, queries, queries)
+            else:
+                q = queries + pe_tok
+                queries = queries + blk.self_attn(q, q, queries)
+            queries = blk.norm1(queries)
+            if i == 0:
+                queries = blk.norm2(queries + self._tokens_to_shared_image(
+                    blk.cross_attn_token_to_image, queries + pe_tok, ctx))
+                queries = blk.norm3(queries + blk.mlp(queries))
+                keys = blk.norm4(self._shared_image_to_tokens(
+                    blk.cross_attn_image_to_token, queries + pe_tok, queries, ctx))
+            else:
+                queries = blk.norm2(queries + self._tokens_to_image(
+                    blk.cross_attn_token_to_image, queries + pe_tok, keys, ctx))
+                queries = blk.norm3(queries + blk.mlp(queries))
+                keys = blk.norm4(self._image_to_tokens(
+                    blk.cross_attn_image_to_token, keys, queries + pe_tok, queries, ctx))
+        t = dec.transformer
+        queries = t.norm_final_attn(queries + self._tokens_to_image(
+            t.final_attn_token_to_image, queries + pe_tok, keys, ctx))
+        return queries, keys
+
+    def predict_iou(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, Nt, C) tokens -> predicted IoU (B, 4) for all mask tokens."""
+        return self.dec.predict_iou(tokens)
+
+    def predict_mask_logits(self, tokens: torch.Tensor, image_tokens: torch.Tensor,
+                            grid_hw: tuple[int, int], mask_index: list[int],
+                            token_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """Low-resolution logits for the chosen mask tokens, as
+        ``MaskDecoder.predict_mask_logits`` but with channels-last matrix products.
+
+        Args:
+            tokens: (B, Nt, C). image_tokens: (B, h*w, C). grid_hw: (h, w).
+            mask_index: mask tokens to decode.
+            token_hw: decode only the top-left (th, tw) tokens (each token maps to its own
+                4x4 logit patch: the 2x2 stride-2 transposed convolutions do not overlap), e.g.
+                the tokens under the resized image, not its padding. Default: all.
+
+        Returns:
+            (B, M, 4*th, 4*tw) float32 logits, equal to the same region of the full map.
+        """
+        b = image_tokens.shape[0]
+        gh, gw = grid_hw
+        th, tw = token_hw or grid_hw
+        x = image_tokens.view(b, gh, gw, -1)[:, :th, :tw].reshape(b * th * tw, -1)
+        f = torch.addmm(self.b1, x, self.w1)  # (B*th*tw, 4*c1)
+        f = F.gelu(F.layer_norm(f.view(-1, self.c1), (self.c1,), self.ln_w, self.ln_b, self.ln_eps))
+        f = F.gelu(torch.addmm(self.b2, f, self.w2))  # (B*th*tw*4, 4*c2)
+        weights = self.dec.hypernetwork_weights(tokens, mask_index)  # (B, M, c2)
+        m = len(mask_index)
+        logits = torch.bmm(f.view(b, -1, self.c2), weights.transpose(1, 2))  # (B, th*tw*16, M)
+        # pixel (4y + 2i + k, 4x + 2j + l) from index order (y, x, i, j, k, l)
+        logits = logits.view(b, th, tw, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return logits.reshape(b, m, 4 * th, 4 * tw)

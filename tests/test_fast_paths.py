@@ -1,0 +1,166 @@
+"""Exact rewrites used by the generator, against the plain computation they replace:
+``GridDecoder`` vs ``MaskDecoder`` (real MobileSAM weights, a real photo) and ``RegionUpscaler``
+vs full-size ``upscale_mask_logits`` + stability score + RLE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from amg.masks import masks_to_boxes_xyxy, stability_score
+from amg.rle import masks_to_rle
+from amg.upscale import (RegionUpscaler, bilinear_matrix, region_box_xyxy, region_to_rle)
+from sam_model.grid_decoder import GridDecoder
+from sam_model.mask_decoder import upscale_mask_logits
+
+from .conftest import read_photo
+
+
+# --------------------------------------------------------------------------------------------
+# GridDecoder == MaskDecoder
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def decoded(mobile_sam):
+    """Plain and grid decoding of 12 random single-point prompts on bus.jpg (portrait)."""
+    m = mobile_sam
+    image = read_photo("bus.jpg")
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        emb = m.encode_image(image)
+        h, w = image.shape[:2]
+        pts = torch.rand(12, 1, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h])
+        labels = torch.ones(12, 1, dtype=torch.int64)
+        sparse, dense = m.prompt_encoder(m.to_input_frame(pts, emb), labels, None, None, emb.grid_hw)
+        pe = m.dense_pe(emb)
+        dec = m.mask_decoder
+        tokens, img_tokens = dec.run_transformer(emb.embedding, pe, sparse, dense)
+        low = dec.predict_mask_logits(tokens, img_tokens, emb.grid_hw, [1, 2, 3])
+        gd = GridDecoder(dec)
+        ctx = gd.prepare(emb.embedding, pe, dense.expand_as(emb.embedding))
+        out = [gd.run_transformer(ctx, sparse[s:s + 5]) for s in range(0, 12, 5)]  # uneven chunks
+        tokens2 = torch.cat([t for t, _ in out])
+        img_tokens2 = torch.cat([i for _, i in out])
+        low2 = gd.predict_mask_logits(tokens2, img_tokens2, ctx.grid_hw, [1, 2, 3])
+        low_part = gd.predict_mask_logits(tokens2, img_tokens2, ctx.grid_hw, [1, 2, 3], (64, 48))
+        iou, iou2 = dec.predict_iou(tokens), gd.predict_iou(tokens2)
+    return dict(tokens=(tokens, tokens2), img=(img_tokens, img_tokens2), low=(low, low2),
+                iou=(iou, iou2), low_part=low_part)
+
+
+def test_grid_decoder_tokens_match_mask_decoder(decoded):
+    a, b = decoded["tokens"]
+    assert a.shape == b.shape == (12, 7, 256)
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
+    a, b = decoded["img"]
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
+
+
+def test_grid_decoder_predicted_iou_matches(decoded):
+    a, b = decoded["iou"]
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_grid_decoder_low_res_logits_match(decoded):
+    a, b = decoded["low"]
+    assert b.shape == (12, 3, 256, 256)
+    # logits span about +-50; 1e-3 absolute is ~2e-5 of the range
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-3)
+
+
+def test_grid_decoder_token_region_is_the_same_part_of_the_full_map(decoded):
+    _, full = decoded["low"]
+    part = decoded["low_part"]
+    assert part.shape == (12, 3, 256, 192)
+    torch.testing.assert_close(part, full[..., :256, :192], rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# RegionUpscaler == full upscale
+# --------------------------------------------------------------------------------------------
+
+
+def test_bilinear_matrix_reproduces_interpolate():
+    x = torch.randn(1, 1, 7, 1, dtype=torch.float32)
+    for n_out in (3, 7, 16, 29):
+        full = torch.nn.functional.interpolate(x, (n_out, 1), mode="bilinear", align_corners=False)
+        m = torch.from_numpy(bilinear_matrix(7, n_out)).float()
+        torch.testing.assert_close(m @ x[0, 0, :, 0], full[0, 0, :, 0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(bilinear_matrix(7, n_out).sum(1), 1.0, atol=1e-6)
+
+
+GEOMETRIES = [((684, 1024), (534, 800)),    # dog.jpg
+              ((1024, 768), (1080, 810)),   # bus.jpg, upscaled
+              ((1024, 1024), (770, 769)),   # square-ish, odd
+              ((13, 1024), (5, 400))]       # extreme aspect
+
+
+@pytest.mark.parametrize("input_hw, out_hw", GEOMETRIES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_region_upscaler_matches_full_upscale(input_hw, out_hw, seed):
+    g = torch.Generator().manual_seed(seed)
+    nlow = RegionUpscaler.needed_low_res(256, 1024, input_hw, out_hw)
+    # the generator decodes whole tokens: up to 3 rows/columns of padding logits come along
+    lh, lw = 4 * -(-nlow[0] // 4), 4 * -(-nlow[1] // 4)
+    up = RegionUpscaler((lh, lw), 256, 1024, input_hw, out_hw, torch.device("cpu"))
+    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    h, w = out_hw
+    for trial in range(6):
+        low = torch.randn(256, 256, generator=g) * 3 - 6
+        cy, cx, sd = (torch.rand(3, generator=g) * torch.tensor([nlow[0], nlow[1], 40.0])).tolist()
+        low += 14 * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (sd + 2) ** 2))
+        if trial == 5:
+            low -= 30  # nothing above -offset: nan stability and an empty mask
+        if trial >= 3:  # confident logits in the padding, which no output pixel reads
+            low[nlow[0]:, :] = 20.0
+            low[:, nlow[1]:] = 20.0
+        if trial == 4:  # a mask confined to the first rows (a downscale may skip some)
+            low[:] = -20.0
+            low[:2, :] = 20.0
+        full = upscale_mask_logits(low[None, None], 1024, input_hw, out_hw)[0, 0]
+        s_ref = stability_score(full[None], 0.0, 1.0)[0].item()
+        r = up.upscale(low[:lh, :lw].contiguous(), 0.0, 1.0)
+        if np.isnan(s_ref):
+            assert np.isnan(r.stability)
+        else:
+            assert abs(r.stability - s_ref) <= 1e-3
+        rle = region_to_rle(r.mask, r.y0, r.x0, h, w)
+        mask = np.asarray(rle_decode(rle))
+        ref_mask = (full > 0).numpy()
+        # float rounding may flip pixels whose logit is within ~1e-5 of 0
+        flips = mask != ref_mask
+        assert (np.abs(full.numpy()[flips]) < 1e-4).all()
+        assert sum(rle["counts"]) == h * w
+        box, box_ref = region_box_xyxy(r.mask, r.y0, r.x0), masks_to_boxes_xyxy(full[None] > 0)[0]
+        if not flips.any():
+            assert rle == masks_to_rle((full > 0)[None])[0]
+            assert box.tolist() == box_ref.tolist()
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    """(h, w) bool from an uncompressed column-major RLE (counts start with zeros)."""
+    h, w = rle["size"]
+    flat = np.zeros(h * w, dtype=bool)
+    pos, val = 0, False
+    for c in rle["counts"]:
+        flat[pos:pos + c] = val
+        pos, val = pos + c, not val
+    return flat.reshape(w, h).T
+
+
+def test_region_to_rle_places_region_exactly():
+    mask = torch.tensor([[1, 0], [1, 1]], dtype=torch.bool)
+    rle = region_to_rle(mask, 1, 2, 4, 5)  # region rows 1-2, cols 2-3 of a 4x5 image
+    expect = np.zeros((4, 5), bool)
+    expect[1:3, 2:4] = mask.numpy()
+    assert (rle_decode(rle) == expect).all()
+    assert rle == masks_to_rle(torch.from_numpy(expect)[None])[0]
+    assert region_to_rle(torch.zeros(0, 0, dtype=torch.bool), 0, 0, 3, 2) == {"size": [3, 2], "counts": [6]}
+    assert region_box_xyxy(mask, 1, 2).tolist() == [2, 1, 3, 2]
+
+
+def test_region_upscaler_refuses_a_region_that_misses_taps():
+    with pytest.raises(ValueError, match="does not cover"):
+        RegionUpscaler((100, 100), 256, 1024, (684, 1024), (534, 800), torch.device("cpu"))
