@@ -267,7 +267,9 @@ def records_to_proposals(records: Iterable[dict[str, Any]], image_id: int, heigh
         try:
             seg = to_coco_rle(r["segmentation"], height, width)
             score = proposal_score(r)
-        except (EvaluationError, KeyError) as exc:
+        except KeyError as exc:
+            raise EvaluationError(f"image {image_id}, mask #{i}: record lacks {exc.args[0]!r}") from exc
+        except EvaluationError as exc:
             raise EvaluationError(f"image {image_id}, mask #{i}: {exc}") from exc
         out.append({"image_id": int(image_id), "category_id": OBJECT_CATEGORY["id"],
                     "segmentation": seg, "score": score})
@@ -588,7 +590,9 @@ def _compact_records(records: Sequence[dict[str, Any]], image_id: int, h: int, w
             out.append({"segmentation": to_coco_rle(r["segmentation"], h, w),
                         "predicted_iou": float(r["predicted_iou"]),
                         "stability_score": float(r["stability_score"])})
-        except (EvaluationError, KeyError) as exc:
+        except KeyError as exc:
+            raise EvaluationError(f"image {image_id}, mask #{i}: record lacks {exc.args[0]!r}") from exc
+        except EvaluationError as exc:
             raise EvaluationError(f"image {image_id}, mask #{i}: {exc}") from exc
     return out
 
