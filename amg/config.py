@@ -45,6 +45,12 @@ class AMGConfig:
         output_mode: ``binary_mask``, ``uncompressed_rle`` or ``coco_rle``.
         decoder_chunk_size: prompts per mask-decoder call inside a batch; an internal
             cache-size knob that never changes the output.
+        coarse_to_fine_stride: not in the reference (fast preset). With s > 1, each crop's
+            regular grid is prompted in two passes: every s-th row and column first, then
+            the other points, except those inside a first-pass mask no larger than
+            ``coarse_cover_area_frac`` of the crop. 1 (default) prompts every point, exactly
+            as the reference.
+        coarse_cover_area_frac: see ``coarse_to_fine_stride``; in [0, 1]. 0 skips nothing.
     """
 
     points_per_side: int | None = 32
@@ -61,6 +67,8 @@ class AMGConfig:
     min_mask_region_area: int = 0
     output_mode: str = "binary_mask"
     decoder_chunk_size: int = 8
+    coarse_to_fine_stride: int = 1
+    coarse_cover_area_frac: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -90,14 +98,15 @@ class AMGConfig:
                      f"point_grids[{i}] must have shape (N, 2), got {g.shape}")
                 need(bool(((g >= 0) & (g <= 1)).all()),
                      f"point_grids[{i}] must hold xy in [0, 1]")
-        for name in ("points_per_batch", "crop_n_points_downscale_factor", "decoder_chunk_size"):
+        for name in ("points_per_batch", "crop_n_points_downscale_factor", "decoder_chunk_size",
+                     "coarse_to_fine_stride"):
             v = getattr(self, name)
             need(_is_int(v) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
         for name in ("crop_n_layers", "min_mask_region_area"):
             v = getattr(self, name)
             need(_is_int(v) and v >= 0, f"{name} must be an integer >= 0, got {v!r}")
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
-                     "crop_nms_thresh"):
+                     "crop_nms_thresh", "coarse_cover_area_frac"):
             v = getattr(self, name)
             need(_is_num(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v!r}")
         need(_is_num(self.stability_score_offset) and self.stability_score_offset >= 0,

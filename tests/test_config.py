@@ -32,8 +32,11 @@ def test_defaults_equal_reference_generator_defaults():
             assert ours == pytest.approx(default, rel=0, abs=1e-12), name
         else:
             assert ours == default, name
-    # Our only extra parameter is the internal decoder cache knob.
-    assert set(PARAMETER_NAMES) - set(ref) == {"decoder_chunk_size"}
+    # Our extra parameters: the internal decoder cache knob, and the fast preset's
+    # coarse-to-fine prompting, whose defaults switch it off (the reference's behaviour).
+    assert set(PARAMETER_NAMES) - set(ref) == {"decoder_chunk_size", "coarse_to_fine_stride",
+                                               "coarse_cover_area_frac"}
+    assert cfg.coarse_to_fine_stride == 1 and cfg.coarse_cover_area_frac == 0.0
 
 
 def test_defaults_hand_checked():
@@ -57,6 +60,8 @@ def test_defaults_hand_checked():
     ({"points_per_side": True}, "points_per_side"),
     ({"points_per_batch": 0}, "points_per_batch"),
     ({"decoder_chunk_size": 0}, "decoder_chunk_size"),
+    ({"coarse_to_fine_stride": 0}, "coarse_to_fine_stride"),
+    ({"coarse_cover_area_frac": 1.5}, "coarse_cover_area_frac"),
     ({"crop_n_points_downscale_factor": 0}, "crop_n_points_downscale_factor"),
     ({"crop_n_layers": -1}, "crop_n_layers"),
     ({"min_mask_region_area": -1}, "min_mask_region_area"),
