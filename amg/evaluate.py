@@ -728,9 +728,10 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     fig = Figure(figsize=(6.4, 4.4), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for r in rows:
-        curve = r["recall_curve"]
-        ax.plot(curve["max_dets"], curve["AR"], marker="o", markersize=3, label=r["name"])
+    for i, r in enumerate(rows):
+        curve = r["recall_curve"]  # line styles differ so that identical rows stay visible
+        ax.plot(curve["max_dets"], curve["AR"], marker="o", markersize=3, label=r["name"],
+                linestyle=("-", "--", ":", "-.")[i % 4])
     ax.set_xscale("log")
     ax.set_xlabel("proposals per image")
     ax.set_ylabel("AR (mask IoU 0.50:0.95)")
