@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="preset for the reference run (default: same as --config)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="parameter overrides applied to both runs, JSON values")
+    p.add_argument("--also", action="append", default=[], metavar="PRESET",
+                   help="another of our presets to time against the same reference run "
+                        "(repeatable), e.g. --also fast; its columns are suffixed with the name")
     p.add_argument("--no-reference", action="store_true", help="time ours only")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--device", default="cpu")
@@ -119,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_overrides(args.set)
     ours_cfg = AMGConfig.from_preset(args.config, **overrides).replace(output_mode="coco_rle")
     ref_cfg = AMGConfig.from_preset(args.reference_config or args.config, **overrides)
-    ours = MaskGenerator(load_model("mobile_sam", device=args.device), ours_cfg)
+    model = load_model("mobile_sam", device=args.device)
+    ours = MaskGenerator(model, ours_cfg)
+    extra = {name: MaskGenerator(model, AMGConfig.from_preset(name, **overrides).replace(
+        output_mode="coco_rle")) for name in args.also}
     ref = None if args.no_reference else reference_generator(ref_cfg)
     if ref is None and not args.no_reference:
         print("note: the reference (mobilesam-lite, test extra) is not installed; timing ours only")
@@ -137,11 +143,22 @@ def main(argv: list[str] | None = None) -> int:
             row["ref_masks"] = len(ref_masks)
             row["speedup"] = row["ref_s"] / row["ours_s"]
             row["ref_matched"], row["ours_matched"] = match_fractions(ref_masks, our_masks)
+        for name, gen in extra.items():
+            masks, row[f"{name}_s"], row[f"{name}_peak_mb"] = timed(gen.generate, image)
+            row[f"{name}_masks"] = len(masks)
+            if ref is not None:
+                row[f"{name}_speedup"] = row["ref_s"] / row[f"{name}_s"]
+                row[f"{name}_ref_matched"], row[f"{name}_matched"] = match_fractions(ref_masks, masks)
+        row["load_avg_1min"] = os.getloadavg()[0]  # other work on the machine skews timings
         rows.append(row)
         print(json.dumps(row), flush=True)
 
     header = ["image", "size", "ref_s", "ours_s", "speedup", "ref_peak_mb", "ours_peak_mb",
               "ref_masks", "ours_masks", "ref_matched", "ours_matched"]
+    for name in extra:
+        header += [f"{name}_s", f"{name}_speedup", f"{name}_peak_mb", f"{name}_masks",
+                   f"{name}_ref_matched", f"{name}_matched"]
+    header.append("load_avg_1min")
     print()
     print(f"ours: {args.config}{' ' + str(overrides) if overrides else ''}; reference: "
           f"{args.reference_config or args.config}; threads {torch.get_num_threads()}; "
