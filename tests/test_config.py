@@ -203,6 +203,19 @@ def test_crops_preset_documented_values():
     assert cfg.output_mode == "binary_mask"
 
 
+def test_fast_and_quality_presets_documented_values():
+    fast, quality, ref = (AMGConfig.from_preset("fast"), AMGConfig.from_preset("quality"),
+                          AMGConfig())
+    assert fast.points_per_side == 24
+    assert quality.pred_iou_thresh == 0.8 and quality.stability_score_thresh == 0.9
+    # Everything else stays at the reference defaults.
+    for name in PARAMETER_NAMES:
+        if name != "points_per_side":
+            assert getattr(fast, name) == getattr(ref, name), name
+        if name not in ("pred_iou_thresh", "stability_score_thresh"):
+            assert getattr(quality, name) == getattr(ref, name), name
+
+
 def test_preset_overrides_applied_and_validated():
     cfg = AMGConfig.from_preset("crops", points_per_side=4, crop_n_layers=0)
     assert cfg.points_per_side == 4 and cfg.crop_n_layers == 0
