@@ -59,6 +59,7 @@ def peak_rss_mb() -> float:
 
 
 def timed(fn, *args):
+    """(fn(*args), wall seconds, peak RSS MiB during the call); peak reset before the call."""
     gc.collect()
     reset_peak_rss()
     t0 = time.perf_counter()
@@ -93,14 +94,25 @@ def reference_generator(cfg: AMGConfig):
 
 
 def parse_overrides(items: list[str]) -> dict:
+    """``["points_per_side=16", ...]`` -> ``{"points_per_side": 16}`` (values parsed as JSON).
+
+    Raises:
+        ValueError: an item without ``=`` or with a value that is not JSON (named).
+    """
     out = {}
     for item in items:
-        key, _, value = item.partition("=")
-        out[key] = json.loads(value) if value not in ("None", "none") else None
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value) if value not in ("None", "none") else None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--set {item!r}: value is not JSON ({e.msg})") from None
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (see the module docstring); prints the table, returns 0."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--config", default="default", help="our preset (name or YAML)")
@@ -119,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = parse_overrides(args.set)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        p.error(str(e))
     ours_cfg = AMGConfig.from_preset(args.config, **overrides).replace(output_mode="coco_rle")
     ref_cfg = AMGConfig.from_preset(args.reference_config or args.config, **overrides)
     model = load_model("mobile_sam", device=args.device)

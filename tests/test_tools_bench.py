@@ -1,0 +1,91 @@
+"""``tools/bench.py`` and ``tools/bench_encoder.py``: the parity figures, the JSON report and the
+argument errors (speed itself is measured by running the tools, never asserted in a test)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from .conftest import REPO, shared_path
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def rle_record(mask: np.ndarray) -> dict:
+    return {"segmentation": mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))}
+
+
+def test_match_fractions_exact():
+    bench = load_tool("bench")
+    a = np.zeros((20, 20), bool); a[2:12, 2:12] = True           # 100 px
+    b = np.zeros((20, 20), bool); b[14:18, 14:18] = True         # disjoint
+    a_shrunk = a.copy(); a_shrunk[2, 2:7] = False                # IoU 95/100 = 0.95
+    a_cut = a.copy(); a_cut[2:4, 2:12] = False                   # IoU 80/100 = 0.8
+    ref = [rle_record(a), rle_record(b)]
+    assert bench.match_fractions(ref, ref) == (1.0, 1.0)
+    assert bench.match_fractions(ref, [rle_record(a_shrunk), rle_record(b)]) == (1.0, 1.0)
+    # a at IoU 0.8 is no match at 0.9: half the reference matched, half of ours.
+    assert bench.match_fractions(ref, [rle_record(a_cut), rle_record(b)]) == (0.5, 0.5)
+    assert bench.match_fractions(ref, [rle_record(a_cut), rle_record(b)], thresh=0.8) == (1.0, 1.0)
+    # One of ours only: it matches, one of the two reference masks is found.
+    assert bench.match_fractions(ref, [rle_record(b)]) == (0.5, 1.0)
+    assert bench.match_fractions([], []) == (1.0, 1.0)
+    assert bench.match_fractions(ref, []) == (0.0, 0.0)
+
+
+def test_parse_overrides_and_errors():
+    bench = load_tool("bench")
+    assert bench.parse_overrides(["points_per_side=16", "point_grids=None",
+                                  "pred_iou_thresh=0.8"]) == {
+        "points_per_side": 16, "point_grids": None, "pred_iou_thresh": 0.8}
+    with pytest.raises(ValueError, match="points_per_side"):
+        bench.parse_overrides(["points_per_side"])
+    with pytest.raises(ValueError, match="not JSON"):
+        bench.parse_overrides(["points_per_side=sixteen"])
+
+
+def test_bench_against_reference_on_a_real_photo(tmp_path, capsys):
+    pytest.importorskip("mobilesam_lite", reason="the reference is in the test extra")
+    bench = load_tool("bench")
+    out = tmp_path / "dog.json"
+    assert bench.main([str(shared_path("images", "dog.jpg")), "--set", "points_per_side=4",
+                       "--also", "fast", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["overrides"] == {"points_per_side": 4}
+    (row,) = report["rows"]
+    assert row["image"] == "dog.jpg" and row["size"] == "800x534"
+    # Same computation: the same masks, all matched both ways.
+    assert row["ours_masks"] == row["ref_masks"] > 0
+    assert row["ref_matched"] == 1.0 and row["ours_matched"] == 1.0
+    # The override reaches the --also preset too (fast differs only by its grid), so it is
+    # the same computation again.
+    assert row["fast_masks"] == row["ref_masks"] and row["fast_ref_matched"] == 1.0
+    assert row["speedup"] == pytest.approx(row["ref_s"] / row["ours_s"])
+    # Peak memory holds at least the MobileSAM weights (40 MB) in each run.
+    assert row["ours_peak_mb"] > 40 and row["ref_peak_mb"] > 40
+    printed = capsys.readouterr().out
+    assert "| dog.jpg | 800x534 |" in printed and "images/s over 1 image(s)" in printed
+
+
+def test_bench_bad_set_is_an_argument_error(capsys):
+    bench = load_tool("bench")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["x.jpg", "--set", "points_per_side", "--no-reference"])
+    assert e.value.code == 2
+    assert "points_per_side" in capsys.readouterr().err
+
+
+def test_bench_encoder_rejects_batch_of_one(capsys):
+    tool = load_tool("bench_encoder")
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--batch", "1"])
+    assert e.value.code == 2
+    assert "--batch" in capsys.readouterr().err
