@@ -66,7 +66,7 @@ class AMGConfig:
     point_grids: list[np.ndarray] | None = None
     min_mask_region_area: int = 0
     output_mode: str = "binary_mask"
-    decoder_chunk_size: int = 8
+    decoder_chunk_size: int = 4
     coarse_to_fine_stride: int = 1
     coarse_cover_area_frac: float = 0.0
 

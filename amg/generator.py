@@ -43,6 +43,8 @@ from .rle import area_from_rle, masks_to_rle, rle_to_mask
 from .upscale import RegionUpscaler, region_box_xyxy, region_to_rle
 
 MULTIMASK_TOKENS = [1, 2, 3]
+# Output tokens read after the transformer: the IoU token (0) and the multimask tokens.
+FINAL_TOKENS = [0] + [1 + i for i in MULTIMASK_TOKENS]
 
 
 class MaskGenerator:
@@ -174,7 +176,7 @@ class MaskGenerator:
         lows, ious, idxs = [], [], []
         step = cfg.decoder_chunk_size
         for s in range(0, n, step):
-            tokens, img_tokens = gd.run_transformer(ctx, sparse[s:s + step])
+            tokens, img_tokens = gd.run_transformer(ctx, sparse[s:s + step], FINAL_TOKENS)
             iou = gd.predict_iou(tokens)[:, MULTIMASK_TOKENS]  # (b, 3)
             keep = iou > cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 \
                 else torch.ones_like(iou, dtype=torch.bool)

@@ -146,26 +146,25 @@ class GridDecoder:
         return (m + attn.out_proj.bias / h).reshape(b, h * nt, -1)
 
     def _tokens_to_image(self, attn: DecoderAttention, q_in: torch.Tensor, x: torch.Tensor,
-                         ctx: ImageContext) -> torch.Tensor:
-        """Identity 2: tokens (B, Nt, C) attend to per-prompt image tokens ``x`` (B, HW, C),
-        keys from ``x + pe`` -> (B, Nt, C). The ``pe`` term is one product for the batch."""
+                         x_pe: torch.Tensor) -> torch.Tensor:
+        """Identity 2: tokens (B, Nt, C) attend to per-prompt image tokens ``x`` (B, HW, C) with
+        keys from ``x_pe = x + pe`` (B, HW, C, computed once per block by the caller)
+        -> (B, Nt, C)."""
         b, nt, _ = q_in.shape
         h = self.heads
         q = _heads(attn.q_proj(q_in), h)  # (B, Nt, H, d)
         d = q.shape[-1]
         wk = attn.k_proj.weight.unflatten(0, (h, d))  # (H, d, C)
         qk = torch.einsum("bthd,hdc->bhtc", q, wk).reshape(b, h * nt, -1) * d ** -0.5
-        logits = torch.matmul(qk, ctx.pe.T)  # (B, H*Nt, HW), shared pe term
-        p = torch.baddbmm(logits, qk, x.transpose(1, 2)).softmax(-1)
+        p = torch.bmm(qk, x_pe.transpose(1, 2)).softmax(-1)  # (B, H*Nt, HW)
         pooled = torch.bmm(p, x).unflatten(1, (h, nt))  # (B, H, Nt, C)
         wv = attn.v_proj.weight.unflatten(0, (h, d))  # (H, d, C)
         out = torch.einsum("bhtc,hdc->bthd", pooled, wv).reshape(b, nt, h * d) + attn.v_proj.bias
         return attn.out_proj(out)
 
-    def _image_to_tokens(self, attn: DecoderAttention, x: torch.Tensor,
-                         tokens_pe: torch.Tensor, tokens: torch.Tensor,
-                         ctx: ImageContext) -> torch.Tensor:
-        """Identity 3: per-prompt image queries from ``x + pe`` (x: (B, HW, C)) attend to the
+    def _image_to_tokens(self, attn: DecoderAttention, x: torch.Tensor, x_pe: torch.Tensor,
+                         tokens_pe: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Identity 3: per-prompt image queries from ``x_pe = x + pe`` (B, HW, C) attend to the
         tokens; returns the residual sum ``x + attention`` (B, HW, C)."""
         b, nt, _ = tokens.shape
         h = self.heads
@@ -175,19 +174,23 @@ class GridDecoder:
         wq = attn.q_proj.weight.unflatten(0, (h, d))  # (H, d, C)
         kq = torch.einsum("bthd,hdc->bhtc", k, wq).reshape(b, h * nt, -1) * d ** -0.5
         const = torch.einsum("bthd,hd->bht", k, attn.q_proj.bias.unflatten(0, (h, d)))
-        logits = torch.matmul(kq, ctx.pe.T) + const.reshape(b, h * nt, 1) * d ** -0.5
-        logits = torch.baddbmm(logits, kq, x.transpose(1, 2))  # (B, H*Nt, HW)
-        p = logits.view(b, h, nt, -1).softmax(2).view(b, h * nt, -1)
+        logits = torch.baddbmm(const.reshape(b, h * nt, 1) * d ** -0.5, kq, x_pe.transpose(1, 2))
+        p = logits.view(b, h, nt, -1).softmax(2).view(b, h * nt, -1)  # (B, H*Nt, HW)
         return torch.baddbmm(x, p.transpose(1, 2), self._fold_values(attn, v))
 
     # ------------------------------------------------------------------ decoder
-    def run_transformer(self, ctx: ImageContext, sparse: torch.Tensor
+    def run_transformer(self, ctx: ImageContext, sparse: torch.Tensor,
+                        final_tokens: list[int] | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Two-way transformer for a prompt batch.
 
         Args:
             ctx: from :meth:`prepare`.
             sparse: (B, Np, C) float32 prompt tokens.
+            final_tokens: output token positions the caller reads (e.g. ``[0, 2, 3, 4]``: the
+                IoU token and the three multimask tokens). The last tokens->image attention acts
+                on each token separately, so it is computed only for these; the other
+                positions of the returned tokens are NaN. Default: all tokens.
 
         Returns:
             tokens (B, 5 + Np, C) and image tokens (B, HW, C), as ``MaskDecoder.run_transformer``.
@@ -212,14 +215,21 @@ class GridDecoder:
                 keys = blk.norm4(self._shared_image_to_tokens(
                     blk.cross_attn_image_to_token, queries + pe_tok, queries, ctx))
             else:
+                keys_pe = keys + ctx.pe  # once per block: both attentions read it
                 queries = blk.norm2(queries + self._tokens_to_image(
-                    blk.cross_attn_token_to_image, queries + pe_tok, keys, ctx))
+                    blk.cross_attn_token_to_image, queries + pe_tok, keys, keys_pe))
                 queries = blk.norm3(queries + blk.mlp(queries))
                 keys = blk.norm4(self._image_to_tokens(
-                    blk.cross_attn_image_to_token, keys, queries + pe_tok, queries, ctx))
+                    blk.cross_attn_image_to_token, keys, keys_pe, queries + pe_tok, queries))
         t = dec.transformer
+        if final_tokens is not None:
+            out = torch.full_like(queries, float("nan"))
+            queries, pe_tok = queries[:, final_tokens], pe_tok[:, final_tokens]
         queries = t.norm_final_attn(queries + self._tokens_to_image(
-            t.final_attn_token_to_image, queries + pe_tok, keys, ctx))
+            t.final_attn_token_to_image, queries + pe_tok, keys, keys + ctx.pe))
+        if final_tokens is not None:
+            out[:, final_tokens] = queries
+            queries = out
         return queries, keys
 
     def predict_iou(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -245,13 +255,19 @@ class GridDecoder:
         b = image_tokens.shape[0]
         gh, gw = grid_hw
         th, tw = token_hw or grid_hw
-        x = image_tokens.view(b, gh, gw, -1)[:, :th, :tw].reshape(b * th * tw, -1)
-        f = torch.addmm(self.b1, x, self.w1)  # (B*th*tw, 4*c1)
-        f = F.gelu(F.layer_norm(f.view(-1, self.c1), (self.c1,), self.ln_w, self.ln_b, self.ln_eps))
-        f = F.gelu(torch.addmm(self.b2, f, self.w2))  # (B*th*tw*4, 4*c2)
         weights = self.dec.hypernetwork_weights(tokens, mask_index)  # (B, M, c2)
         m = len(mask_index)
-        logits = torch.bmm(f.view(b, -1, self.c2), weights.transpose(1, 2))  # (B, th*tw*16, M)
-        # pixel (4y + 2i + k, 4x + 2j + l) from index order (y, x, i, j, k, l)
-        logits = logits.view(b, th, tw, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return logits.reshape(b, m, 4 * th, 4 * tw)
+        out = torch.empty(b, m, 4 * th, 4 * tw, dtype=image_tokens.dtype, device=image_tokens.device)
+        # One prompt at a time: its (th*tw*4, c1) and (th*tw*16, c2) intermediates stay in
+        # cache (measured: ~7 ms per prompt vs ~12 ms in chunks of 8 on a 2-core CPU).
+        for i in range(b):
+            x = image_tokens[i].view(gh, gw, -1)[:th, :tw].reshape(th * tw, -1)
+            f = torch.addmm(self.b1, x, self.w1)  # (th*tw, 4*c1)
+            f = F.gelu(F.layer_norm(f.view(-1, self.c1), (self.c1,), self.ln_w, self.ln_b,
+                                    self.ln_eps))
+            f = F.gelu(torch.addmm(self.b2, f, self.w2))  # (th*tw*4, 4*c2)
+            logits = torch.mm(f.view(-1, self.c2), weights[i].T)  # (th*tw*16, M)
+            # pixel (4y + 2i + k, 4x + 2j + l) from index order (y, x, i, j, k, l)
+            out[i] = logits.view(th, tw, 2, 2, 2, 2, m).permute(6, 0, 2, 4, 1, 3, 5).reshape(
+                m, 4 * th, 4 * tw)
+        return out

@@ -46,8 +46,9 @@ def decoded(mobile_sam):
         low2 = gd.predict_mask_logits(tokens2, img_tokens2, ctx.grid_hw, [1, 2, 3])
         low_part = gd.predict_mask_logits(tokens2, img_tokens2, ctx.grid_hw, [1, 2, 3], (64, 48))
         iou, iou2 = dec.predict_iou(tokens), gd.predict_iou(tokens2)
+        subset = gd.run_transformer(ctx, sparse, final_tokens=[0, 2, 3, 4])[0]
     return dict(tokens=(tokens, tokens2), img=(img_tokens, img_tokens2), low=(low, low2),
-                iou=(iou, iou2), low_part=low_part)
+                iou=(iou, iou2), low_part=low_part, subset=subset)
 
 
 def test_grid_decoder_tokens_match_mask_decoder(decoded):
@@ -56,6 +57,15 @@ def test_grid_decoder_tokens_match_mask_decoder(decoded):
     torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
     a, b = decoded["img"]
     torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
+
+
+def test_grid_decoder_final_token_subset(decoded):
+    """Only the chosen tokens go through the last attention; the others are NaN, never stale."""
+    full, _ = decoded["tokens"]
+    subset = decoded["subset"]
+    assert subset.shape == (12, 7, 256)
+    torch.testing.assert_close(subset[:, [0, 2, 3, 4]], full[:, [0, 2, 3, 4]], rtol=0, atol=1e-4)
+    assert torch.isnan(subset[:, [1, 5, 6]]).all()
 
 
 def test_grid_decoder_predicted_iou_matches(decoded):
