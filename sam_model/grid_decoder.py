@@ -19,6 +19,13 @@ roughly in half, and the results equal the reference up to float rounding:
    and ``out_proj(sum_t p_t v_t) = sum_t p_t (W_o v_t)`` folds the value/output projections
    into one (56 x 256) matrix per prompt.
 
+On a CPU the per-prompt image tokens (4096 x 256 float32 = 4 MB per prompt) do not stay in
+cache between operations, so memory traffic, not arithmetic, sets the pace. Each block's
+image->tokens update, its LayerNorm and the next tokens->image attention (whose queries do not
+depend on that update) therefore run as one pass over tiles of image tokens, with an online
+(running-max) softmax for the attention over all tokens: every tile is read and written
+while it is in cache, and the image tokens go through memory once per block.
+
 The output upscaling (two 2x2, stride-2 transposed convolutions) is written as two
 channels-last matrix products (a stride-2, kernel-2 transposed convolution is a per-token
 linear map followed by a pixel shuffle) with ``F.layer_norm``; the mask for every pixel is
@@ -71,10 +78,19 @@ class GridDecoder:
     Args:
         decoder: the model's :class:`MaskDecoder` (weights are read, not copied, except the
             re-laid upscaling weights).
+        token_tile: image tokens per tile in the per-block passes (:meth:`_stream`); a cache
+            knob that does not change the result beyond float rounding. 256 was fastest of
+            128/256/384/512/1024 on a 2-core CPU (decoder_chunk_size 4).
+
+    Raises:
+        ValueError: ``token_tile`` < 1.
     """
 
-    def __init__(self, decoder: MaskDecoder) -> None:
+    def __init__(self, decoder: MaskDecoder, token_tile: int = 256) -> None:
+        if token_tile < 1:
+            raise ValueError(f"GridDecoder: token_tile must be >= 1, got {token_tile}")
         self.dec = decoder
+        self.token_tile = token_tile
         t = decoder.transformer
         if len(t.layers) < 1:
             raise ValueError("GridDecoder needs a two-way transformer with at least one block")
@@ -120,10 +136,12 @@ class GridDecoder:
         out = out.reshape(self.heads, b, nt, -1).permute(1, 2, 0, 3).reshape(b, nt, -1)
         return attn.out_proj(out)
 
-    def _shared_image_to_tokens(self, attn: DecoderAttention, tokens_pe: torch.Tensor,
-                                tokens: torch.Tensor, ctx: ImageContext) -> torch.Tensor:
-        """Shared first-block image queries attend to each prompt's tokens; returns the
-        residual sum ``keys0 + attention`` (B, HW, C)."""
+    def _shared_image_probs(self, attn: DecoderAttention, tokens_pe: torch.Tensor,
+                            tokens: torch.Tensor, ctx: ImageContext
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """First block's image->tokens attention with the shared image queries ``ctx.q0``:
+        probabilities (B, H*Nt, HW) (softmax over each prompt's tokens, per head) and folded
+        values (B, H*Nt, C); the new image tokens are ``keys0 + p^T m``."""
         b, nt, _ = tokens.shape
         h = self.heads
         k = _heads(attn.k_proj(tokens_pe), h)  # (B, Nt, H, d)
@@ -133,8 +151,7 @@ class GridDecoder:
         logits = torch.bmm(k, ctx.q0.transpose(1, 2)) * d ** -0.5  # (H, B*Nt, HW)
         p = logits.view(h, b, nt, -1).softmax(2)  # softmax over the prompt's tokens
         p = p.transpose(0, 1).reshape(b, h * nt, -1)  # (B, H*Nt, HW)
-        m = self._fold_values(attn, v)
-        return torch.baddbmm(ctx.keys0, p.transpose(1, 2), m)
+        return p, self._fold_values(attn, v)
 
     @staticmethod
     def _fold_values(attn: DecoderAttention, v: torch.Tensor) -> torch.Tensor:
@@ -145,27 +162,32 @@ class GridDecoder:
         m = torch.einsum("bthd,chd->bhtc", v, attn.out_proj.weight.unflatten(1, (h, d)))
         return (m + attn.out_proj.bias / h).reshape(b, h * nt, -1)
 
-    def _tokens_to_image(self, attn: DecoderAttention, q_in: torch.Tensor, x: torch.Tensor,
-                         x_pe: torch.Tensor) -> torch.Tensor:
-        """Identity 2: tokens (B, Nt, C) attend to per-prompt image tokens ``x`` (B, HW, C) with
-        keys from ``x_pe = x + pe`` (B, HW, C, computed once per block by the caller)
-        -> (B, Nt, C)."""
+    def _back_projected_queries(self, attn: DecoderAttention, q_in: torch.Tensor) -> torch.Tensor:
+        """Identity 2, query side: tokens (B, Nt, C) -> ``W_k^T q_h / sqrt(d)`` for every head
+        and token, (B, H*Nt, C), so that the logits against image tokens ``x`` are
+        ``qk . (x + pe)`` (the constant ``q_h . b_k`` drops out of the softmax)."""
         b, nt, _ = q_in.shape
         h = self.heads
         q = _heads(attn.q_proj(q_in), h)  # (B, Nt, H, d)
         d = q.shape[-1]
         wk = attn.k_proj.weight.unflatten(0, (h, d))  # (H, d, C)
-        qk = torch.einsum("bthd,hdc->bhtc", q, wk).reshape(b, h * nt, -1) * d ** -0.5
-        p = torch.bmm(qk, x_pe.transpose(1, 2)).softmax(-1)  # (B, H*Nt, HW)
-        pooled = torch.bmm(p, x).unflatten(1, (h, nt))  # (B, H, Nt, C)
-        wv = attn.v_proj.weight.unflatten(0, (h, d))  # (H, d, C)
-        out = torch.einsum("bhtc,hdc->bthd", pooled, wv).reshape(b, nt, h * d) + attn.v_proj.bias
-        return attn.out_proj(out)
+        return torch.einsum("bthd,hdc->bhtc", q, wk).reshape(b, h * nt, -1) * d ** -0.5
 
-    def _image_to_tokens(self, attn: DecoderAttention, x: torch.Tensor, x_pe: torch.Tensor,
-                         tokens_pe: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Identity 3: per-prompt image queries from ``x_pe = x + pe`` (B, HW, C) attend to the
-        tokens; returns the residual sum ``x + attention`` (B, HW, C)."""
+    def _pooled_to_output(self, attn: DecoderAttention, pooled: torch.Tensor, nt: int) -> torch.Tensor:
+        """Identity 2, value side: attention-pooled image tokens (B, H*Nt, C) -> the attention
+        output (B, Nt, C): ``out_proj(W_v pooled + b_v)`` per head."""
+        b = pooled.shape[0]
+        h = self.heads
+        d = attn.v_proj.weight.shape[0] // h
+        wv = attn.v_proj.weight.unflatten(0, (h, d))  # (H, d, C)
+        out = torch.einsum("bhtc,hdc->bthd", pooled.unflatten(1, (h, nt)), wv)
+        return attn.out_proj(out.reshape(b, nt, h * d) + attn.v_proj.bias)
+
+    def _image_query_keys(self, attn: DecoderAttention, tokens_pe: torch.Tensor,
+                          tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Identity 3: the tokens' keys back-projected, ``W_q^T k_h / sqrt(d)`` (B, H*Nt, C),
+        the constant ``b_q . k_h / sqrt(d)`` (B, H*Nt, 1) and the folded values (B, H*Nt, C):
+        image token ``x`` gets logits ``kq . (x + pe) + const`` and adds ``p^T m``."""
         b, nt, _ = tokens.shape
         h = self.heads
         k = _heads(attn.k_proj(tokens_pe), h)  # (B, Nt, H, d)
@@ -174,15 +196,71 @@ class GridDecoder:
         wq = attn.q_proj.weight.unflatten(0, (h, d))  # (H, d, C)
         kq = torch.einsum("bthd,hdc->bhtc", k, wq).reshape(b, h * nt, -1) * d ** -0.5
         const = torch.einsum("bthd,hd->bht", k, attn.q_proj.bias.unflatten(0, (h, d)))
-        logits = torch.baddbmm(const.reshape(b, h * nt, 1) * d ** -0.5, kq, x_pe.transpose(1, 2))
-        p = logits.view(b, h, nt, -1).softmax(2).view(b, h * nt, -1)  # (B, H*Nt, HW)
-        return torch.baddbmm(x, p.transpose(1, 2), self._fold_values(attn, v))
+        return kq, const.reshape(b, h * nt, 1) * d ** -0.5, self._fold_values(attn, v)
+
+    def _stream(self, ctx: ImageContext, keys: torch.Tensor | None, update: tuple,
+                norm: torch.nn.LayerNorm, qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass over the image tokens, tile by tile (``token_tile`` rows of every prompt):
+        apply a block's image->tokens update and LayerNorm, then feed the new tokens straight
+        into the next tokens->image attention with an online softmax, so each tile is read
+        and written while it is in cache.
+
+        Args:
+            ctx: the image context.
+            keys: (B, HW, C) current image tokens, overwritten with the new ones; None for the
+                first block (then the shared ``ctx.keys0`` is read and a new tensor made).
+            update: ``("shared", p, m)`` (first block: probabilities (B, H*Nt, HW) from the
+                shared queries, folded values (B, H*Nt, C)) or ``("tokens", kq, const, m)``
+                (from :meth:`_image_query_keys`).
+            norm: the block's LayerNorm after the image->tokens attention.
+            qk: (B, R, C) back-projected queries of the next tokens->image attention.
+
+        Returns:
+            the new image tokens (B, HW, C) and the attention-pooled tokens (B, R, C),
+            ``softmax(qk . (x + pe)) x`` over all HW tokens.
+        """
+        hw = ctx.keys0.shape[0]
+        b, r, c = qk.shape
+        nt = update[-1].shape[1] // self.heads
+        out = keys if keys is not None else ctx.keys0.new_empty(b, hw, c)
+        run_max = qk.new_full((b, r, 1), float("-inf"))
+        run_sum = qk.new_zeros(b, r, 1)
+        acc = qk.new_zeros(b, r, c)
+        step = self.token_tile
+        inplace = not torch.is_grad_enabled()  # inference: add into the old tokens' tile
+        for t0 in range(0, hw, step):
+            t1 = min(t0 + step, hw)
+            pe = ctx.pe[t0:t1]
+            if update[0] == "shared":
+                _, p, m = update
+                y = torch.baddbmm(ctx.keys0[t0:t1], p[:, :, t0:t1].transpose(1, 2), m)
+            else:
+                _, kq, const, m = update
+                x = out[:, t0:t1]
+                logits = torch.baddbmm(const, kq, (x + pe).transpose(1, 2))  # (B, H*Nt, T)
+                p = logits.unflatten(1, (self.heads, nt)).softmax(2).flatten(1, 2)
+                y = (x.baddbmm_ if inplace else x.baddbmm)(p.transpose(1, 2), m)
+            x = norm(y)
+            out[:, t0:t1] = x
+            s = torch.bmm(qk, (x + pe).transpose(1, 2))  # (B, R, T)
+            new_max = torch.maximum(run_max, s.amax(-1, keepdim=True))
+            scale = torch.exp(run_max - new_max)
+            e = torch.exp(s - new_max)
+            run_sum = run_sum * scale + e.sum(-1, keepdim=True)
+            acc = torch.baddbmm(acc * scale, e, x)
+            run_max = new_max
+        return out, acc / run_sum
 
     # ------------------------------------------------------------------ decoder
     def run_transformer(self, ctx: ImageContext, sparse: torch.Tensor,
                         final_tokens: list[int] | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Two-way transformer for a prompt batch.
+
+        The image tokens are updated in one pass per block (:meth:`_stream`): block i's
+        image->tokens update, its LayerNorm and the next tokens->image attention (block i+1's,
+        or the final one) run tile by tile. That is possible because the next attention's
+        queries do not depend on block i's image update (the tokens are not changed by it).
 
         Args:
             ctx: from :meth:`prepare`.
@@ -196,40 +274,55 @@ class GridDecoder:
             tokens (B, 5 + Np, C) and image tokens (B, HW, C), as ``MaskDecoder.run_transformer``.
         """
         dec = self.dec
+        t = dec.transformer
         b = sparse.shape[0]
         out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], 0)
         pe_tok = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], 1)
-        queries = pe_tok
-        keys = None
-        for i, blk in enumerate(dec.transformer.layers):
+        nt = pe_tok.shape[1]
+
+        def self_attention(blk, queries):
             if blk.skip_first_layer_pe:
                 queries = blk.self_attn(queries, queries, queries)
             else:
                 q = queries + pe_tok
                 queries = queries + blk.self_attn(q, q, queries)
-            queries = blk.norm1(queries)
-            if i == 0:
-                queries = blk.norm2(queries + self._tokens_to_shared_image(
-                    blk.cross_attn_token_to_image, queries + pe_tok, ctx))
+            return blk.norm1(queries)
+
+        blk = t.layers[0]
+        queries = self_attention(blk, pe_tok)
+        queries = blk.norm2(queries + self._tokens_to_shared_image(
+            blk.cross_attn_token_to_image, queries + pe_tok, ctx))
+        queries = blk.norm3(queries + blk.mlp(queries))
+        update = ("shared", *self._shared_image_probs(blk.cross_attn_image_to_token,
+                                                      queries + pe_tok, queries, ctx))
+        keys = None
+        for i in range(1, len(t.layers) + 1):
+            norm = t.layers[i - 1].norm4
+            if i < len(t.layers):  # next: block i's tokens->image attention
+                blk = t.layers[i]
+                attn = blk.cross_attn_token_to_image
+                queries = self_attention(blk, queries)
+                q_pe = pe_tok
+            else:  # next: the final attention, only for the tokens read
+                attn = t.final_attn_token_to_image
+                if final_tokens is not None:
+                    full = torch.full_like(queries, float("nan"))
+                    queries, q_pe = queries[:, final_tokens], pe_tok[:, final_tokens]
+                else:
+                    q_pe = pe_tok
+            keys, pooled = self._stream(ctx, keys, update, norm,
+                                        self._back_projected_queries(attn, queries + q_pe))
+            out = self._pooled_to_output(attn, pooled, queries.shape[1])
+            if i < len(t.layers):
+                queries = blk.norm2(queries + out)
                 queries = blk.norm3(queries + blk.mlp(queries))
-                keys = blk.norm4(self._shared_image_to_tokens(
-                    blk.cross_attn_image_to_token, queries + pe_tok, queries, ctx))
+                update = ("tokens", *self._image_query_keys(blk.cross_attn_image_to_token,
+                                                            queries + pe_tok, queries))
             else:
-                keys_pe = keys + ctx.pe  # once per block: both attentions read it
-                queries = blk.norm2(queries + self._tokens_to_image(
-                    blk.cross_attn_token_to_image, queries + pe_tok, keys, keys_pe))
-                queries = blk.norm3(queries + blk.mlp(queries))
-                keys = blk.norm4(self._image_to_tokens(
-                    blk.cross_attn_image_to_token, keys, keys_pe, queries + pe_tok, queries))
-        t = dec.transformer
+                queries = t.norm_final_attn(queries + out)
         if final_tokens is not None:
-            out = torch.full_like(queries, float("nan"))
-            queries, pe_tok = queries[:, final_tokens], pe_tok[:, final_tokens]
-        queries = t.norm_final_attn(queries + self._tokens_to_image(
-            t.final_attn_token_to_image, queries + pe_tok, keys, keys + ctx.pe))
-        if final_tokens is not None:
-            out[:, final_tokens] = queries
-            queries = out
+            full[:, final_tokens] = queries
+            queries = full
         return queries, keys
 
     def predict_iou(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -47,8 +47,10 @@ def decoded(mobile_sam):
         low_part = gd.predict_mask_logits(tokens2, img_tokens2, ctx.grid_hw, [1, 2, 3], (64, 48))
         iou, iou2 = dec.predict_iou(tokens), gd.predict_iou(tokens2)
         subset = gd.run_transformer(ctx, sparse, final_tokens=[0, 2, 3, 4])[0]
+        # a tile that does not divide the 4096 tokens, and one tile for all of them
+        tiled = [GridDecoder(dec, token_tile=t).run_transformer(ctx, sparse) for t in (100, 4096)]
     return dict(tokens=(tokens, tokens2), img=(img_tokens, img_tokens2), low=(low, low2),
-                iou=(iou, iou2), low_part=low_part, subset=subset)
+                iou=(iou, iou2), low_part=low_part, subset=subset, tiled=tiled)
 
 
 def test_grid_decoder_tokens_match_mask_decoder(decoded):
@@ -57,6 +59,15 @@ def test_grid_decoder_tokens_match_mask_decoder(decoded):
     torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
     a, b = decoded["img"]
     torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
+
+
+def test_grid_decoder_token_tile_does_not_change_the_result(decoded, mobile_sam):
+    tokens, img_tokens = decoded["tokens"][0], decoded["img"][0]
+    for t, i in decoded["tiled"]:
+        torch.testing.assert_close(t, tokens, rtol=0, atol=1e-4)
+        torch.testing.assert_close(i, img_tokens, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="token_tile"):
+        GridDecoder(mobile_sam.mask_decoder, token_tile=0)
 
 
 def test_grid_decoder_final_token_subset(decoded):
