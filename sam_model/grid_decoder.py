@@ -91,6 +91,7 @@ class GridDecoder:
             raise ValueError(f"GridDecoder: token_tile must be >= 1, got {token_tile}")
         self.dec = decoder
         self.token_tile = token_tile
+        self._orders: dict[tuple[int, int, str], torch.Tensor] = {}
         t = decoder.transformer
         if len(t.layers) < 1:
             raise ValueError("GridDecoder needs a two-way transformer with at least one block")
@@ -351,6 +352,7 @@ class GridDecoder:
         weights = self.dec.hypernetwork_weights(tokens, mask_index)  # (B, M, c2)
         m = len(mask_index)
         out = torch.empty(b, m, 4 * th, 4 * tw, dtype=image_tokens.dtype, device=image_tokens.device)
+        order = self._pixel_order(th, tw, image_tokens.device)
         # One prompt at a time: its (th*tw*4, c1) and (th*tw*16, c2) intermediates stay in
         # cache (measured: ~7 ms per prompt vs ~12 ms in chunks of 8 on a 2-core CPU).
         for i in range(b):
@@ -359,8 +361,17 @@ class GridDecoder:
             f = F.gelu(F.layer_norm(f.view(-1, self.c1), (self.c1,), self.ln_w, self.ln_b,
                                     self.ln_eps))
             f = F.gelu(torch.addmm(self.b2, f, self.w2))  # (th*tw*4, 4*c2)
-            logits = torch.mm(f.view(-1, self.c2), weights[i].T)  # (th*tw*16, M)
-            # pixel (4y + 2i + k, 4x + 2j + l) from index order (y, x, i, j, k, l)
-            out[i] = logits.view(th, tw, 2, 2, 2, 2, m).permute(6, 0, 2, 4, 1, 3, 5).reshape(
-                m, 4 * th, 4 * tw)
+            logits = torch.mm(weights[i], f.view(-1, self.c2).T)  # (M, th*tw*16)
+            torch.index_select(logits, 1, order, out=out[i].view(m, -1))
         return out
+
+    def _pixel_order(self, th: int, tw: int, device: torch.device) -> torch.Tensor:
+        """(16*th*tw,) int64: for each low-res pixel in row-major order, its position in the
+        upscaling products' order (token y, token x, sub-pixel i, j of the first transposed
+        convolution, k, l of the second); pixel (4y + 2i + k, 4x + 2j + l). Cached per size
+        (a gather with it is faster than a 7-d permute copy)."""
+        key = (th, tw, str(device))
+        if key not in self._orders:
+            idx = torch.arange(16 * th * tw, device=device).view(th, tw, 2, 2, 2, 2)
+            self._orders[key] = idx.permute(0, 2, 4, 1, 3, 5).reshape(-1)
+        return self._orders[key]
