@@ -208,11 +208,12 @@ def test_fast_and_quality_presets_documented_values():
                           AMGConfig())
     assert fast.points_per_side == 24
     assert quality.pred_iou_thresh == 0.8 and quality.stability_score_thresh == 0.9
+    assert quality.min_mask_region_area == 100
     # Everything else stays at the reference defaults.
     for name in PARAMETER_NAMES:
         if name != "points_per_side":
             assert getattr(fast, name) == getattr(ref, name), name
-        if name not in ("pred_iou_thresh", "stability_score_thresh"):
+        if name not in ("pred_iou_thresh", "stability_score_thresh", "min_mask_region_area"):
             assert getattr(quality, name) == getattr(ref, name), name
 
 

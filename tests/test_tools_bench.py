@@ -89,3 +89,30 @@ def test_bench_encoder_rejects_batch_of_one(capsys):
         tool.main(["--batch", "1"])
     assert e.value.code == 2
     assert "--batch" in capsys.readouterr().err
+
+
+def test_profile_stages_counts_every_stage_call(tmp_path, capsys):
+    """A 4 x 4 grid on a real photo: one encoder call, 16 prompts in decoder chunks of 4, and
+    the per-mask stages called once per IoU / stability survivor."""
+    prof = load_tool("profile_stages")
+    out = tmp_path / "p.json"
+    assert prof.main([str(shared_path("images", "dog.jpg")), "--set", "points_per_side=4",
+                      "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["results"][0]
+    stages = res["stages"]
+    assert res["size"] == "800x534" and res["masks"] > 0
+    assert stages["encoder"]["calls"] == 1
+    assert stages["transformer"]["calls"] == 4          # 16 prompts / decoder_chunk_size 4
+    assert 1 <= stages["mask_logits"]["calls"] <= 4
+    # every stability survivor gets a box and an edge check; the kept ones an RLE
+    assert stages["upscale"]["calls"] >= stages["box"]["calls"] == stages["edge"]["calls"]
+    assert stages["rle"]["calls"] >= res["masks"]
+    assert "small_regions" not in stages                # min_mask_region_area is 0
+    assert sum(v["s"] for v in stages.values()) <= res["total_s"]
+    assert "dog.jpg 800x534: total" in capsys.readouterr().out
+
+
+def test_profile_stages_bad_set_is_named(capsys):
+    prof = load_tool("profile_stages")
+    assert prof.main([str(shared_path("images", "dog.jpg")), "--set", "points_per_side"]) == 2
+    assert "points_per_side" in capsys.readouterr().err
