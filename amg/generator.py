@@ -8,10 +8,12 @@ islands and holes; return the reference's mask records.
 
 Differences from the reference are in *how*, not *what* (each step is an exact rewrite; results
 equal the reference's up to float rounding):
-- the mask decoder runs through :class:`sam_model.grid_decoder.GridDecoder`: the first two-way
-  block's image-side projections are computed once per crop, the attention over the 4096 image
-  tokens is re-associated so per-prompt work shrinks, and prompts are decoded in cache-sized
-  chunks (``decoder_chunk_size``) whatever ``points_per_batch`` is;
+- the mask decoder runs through :class:`sam_model.factored_decoder.FactoredGridDecoder`: the
+  first two-way block's image-side projections are computed once per crop, and each prompt's
+  image tokens are kept as ``scale * shared base + coefficients @ rows`` (the image->tokens
+  updates have rank heads x tokens), so the per-prompt work is on (HW x ~128) instead of
+  (HW x 256) arrays and every projection of the shared base is made once per crop; prompts are
+  decoded in cache-sized chunks (``decoder_chunk_size``) whatever ``points_per_batch`` is;
 - the predicted-IoU filter runs before any mask is upscaled, and only the surviving masks go
   through the output upscaling, over the image tokens that cover the image (not the padding);
 - each survivor is upscaled only inside the region its logits can reach
@@ -28,7 +30,7 @@ import torch
 from torchvision.ops import batched_nms, box_area
 
 from sam_model import ImageEmbedding, Sam
-from sam_model.grid_decoder import GridDecoder, ImageContext
+from sam_model.factored_decoder import FactoredGridDecoder, FactoredContext
 from sam_model.sam import check_rgb_image
 
 from .config import AMGConfig, check_names
@@ -45,6 +47,7 @@ from .upscale import RegionUpscaler, region_box_xyxy, region_to_rle
 MULTIMASK_TOKENS = [1, 2, 3]
 # Output tokens read after the transformer: the IoU token (0) and the multimask tokens.
 FINAL_TOKENS = [0] + [1 + i for i in MULTIMASK_TOKENS]
+DECODER = FactoredGridDecoder  # the batched mask decoder the generator runs
 
 
 class MaskGenerator:
@@ -65,7 +68,7 @@ class MaskGenerator:
         self.config = (config or AMGConfig()).replace(**params) if params else (config or AMGConfig())
         cfg = self.config
         with torch.no_grad():
-            self.grid_decoder = GridDecoder(model.mask_decoder)
+            self.grid_decoder = DECODER(model.mask_decoder)
         if cfg.point_grids is not None:
             self.point_grids = [np.asarray(g, dtype=np.float64) for g in cfg.point_grids]
         else:
@@ -152,13 +155,13 @@ class MaskGenerator:
                                                        device=data.points_xy.device)
         return data
 
-    def _decode_survivors(self, emb: ImageEmbedding, ctx: ImageContext, token_hw: tuple[int, int],
+    def _decode_survivors(self, emb: ImageEmbedding, ctx: FactoredContext, token_hw: tuple[int, int],
                           points_xy: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decode a batch of single-point prompts; keep multimask outputs passing the IoU filter.
 
         Args:
-            emb: the crop's image embedding. ctx: its :meth:`GridDecoder.prepare` context.
+            emb: the crop's image embedding. ctx: its :meth:`FactoredGridDecoder.prepare` context.
             token_hw: image tokens to upscale (those under the image, not the padding).
             points_xy: (B, 2) float64, xy in crop pixels.
 
@@ -184,7 +187,7 @@ class MaskGenerator:
             if len(rows) == 0:
                 continue
             low = gd.predict_mask_logits(tokens[rows], img_tokens[rows], ctx.grid_hw,
-                                         MULTIMASK_TOKENS, token_hw)  # (r, 3, 4th, 4tw)
+                                         MULTIMASK_TOKENS, token_hw, ctx)  # (r, 3, 4th, 4tw)
             k = keep[rows]
             lows.append(low[k])
             ious.append(iou[rows][k])
@@ -194,7 +197,7 @@ class MaskGenerator:
             return empty.reshape(0, 4 * token_hw[0], 4 * token_hw[1]), empty, empty.long()
         return torch.cat(lows), torch.cat(ious), torch.cat(idxs)
 
-    def _process_batch(self, emb: ImageEmbedding, ctx: ImageContext, token_hw: tuple[int, int],
+    def _process_batch(self, emb: ImageEmbedding, ctx: FactoredContext, token_hw: tuple[int, int],
                        upscaler: RegionUpscaler, points: np.ndarray, crop_box: list[int],
                        orig_hw: tuple[int, int]) -> MaskData:
         """One batch of ``points_per_batch`` prompts -> its kept masks (RLE in the full image).

@@ -1,5 +1,5 @@
 """Exact rewrites used by the generator, against the plain computation they replace:
-``GridDecoder`` vs ``MaskDecoder`` (real MobileSAM weights, a real photo) and ``RegionUpscaler``
+``GridDecoder`` and ``FactoredGridDecoder`` vs ``MaskDecoder`` (real MobileSAM weights, a real photo) and ``RegionUpscaler``
 vs full-size ``upscale_mask_logits`` + stability score + RLE."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 from amg.masks import masks_to_boxes_xyxy, stability_score
 from amg.rle import masks_to_rle
 from amg.upscale import (RegionUpscaler, bilinear_matrix, region_box_xyxy, region_to_rle)
+from sam_model.factored_decoder import FactoredGridDecoder
 from sam_model.grid_decoder import GridDecoder
 from sam_model.mask_decoder import upscale_mask_logits
 
@@ -49,8 +50,22 @@ def decoded(mobile_sam):
         subset = gd.run_transformer(ctx, sparse, final_tokens=[0, 2, 3, 4])[0]
         # a tile that does not divide the 4096 tokens, and one tile for all of them
         tiled = [GridDecoder(dec, token_tile=t).run_transformer(ctx, sparse) for t in (100, 4096)]
+        fd = FactoredGridDecoder(dec)
+        fctx = fd.prepare(emb.embedding, pe, dense.expand_as(emb.embedding))
+        fout = [fd.run_transformer(fctx, sparse[s:s + 5]) for s in range(0, 12, 5)]
+        f_tokens = torch.cat([t for t, _ in fout])
+        f_low = torch.cat([fd.predict_mask_logits(t, i, fctx.grid_hw, [1, 2, 3], ctx=fctx)
+                           for t, i in fout])
+        f_part = torch.cat([fd.predict_mask_logits(t, i[[0, 2]], fctx.grid_hw, [3, 1], (64, 48),
+                                                   fctx) for t, i in [(fout[0][0][[0, 2]],
+                                                                       fout[0][1])]])
+        f_subset, f_img = fd.run_transformer(fctx, sparse, final_tokens=[0, 2, 3, 4])
+        factored = dict(tokens=f_tokens, img=torch.cat([i.materialize() for _, i in fout]),
+                        low=f_low, part=f_part, subset=f_subset, subset_img=f_img.materialize(),
+                        iou=dec.predict_iou(f_tokens), decoder=fd)
     return dict(tokens=(tokens, tokens2), img=(img_tokens, img_tokens2), low=(low, low2),
-                iou=(iou, iou2), low_part=low_part, subset=subset, tiled=tiled)
+                iou=(iou, iou2), low_part=low_part, subset=subset, tiled=tiled,
+                factored=factored)
 
 
 def test_grid_decoder_tokens_match_mask_decoder(decoded):
@@ -96,6 +111,38 @@ def test_grid_decoder_token_region_is_the_same_part_of_the_full_map(decoded):
     part = decoded["low_part"]
     assert part.shape == (12, 3, 256, 192)
     torch.testing.assert_close(part, full[..., :256, :192], rtol=0, atol=1e-5)
+
+
+def test_factored_decoder_matches_mask_decoder(decoded):
+    """Image tokens kept as scale * base + coef @ rows: the same tokens, image tokens, predicted
+    IoU and logits as the plain decoder, within the tolerances of GridDecoder's tests."""
+    f = decoded["factored"]
+    tokens, img = decoded["tokens"][0], decoded["img"][0]
+    assert f["tokens"].shape == (12, 7, 256)
+    torch.testing.assert_close(f["tokens"], tokens, rtol=0, atol=1e-4)
+    torch.testing.assert_close(f["img"], img, rtol=0, atol=1e-4)
+    torch.testing.assert_close(f["subset_img"], img, rtol=0, atol=1e-4)
+    torch.testing.assert_close(f["iou"], decoded["iou"][0], rtol=0, atol=1e-5)
+    assert f["low"].shape == (12, 3, 256, 256)
+    torch.testing.assert_close(f["low"], decoded["low"][0], rtol=0, atol=1e-3)
+
+
+def test_factored_decoder_final_token_subset_and_token_region(decoded):
+    f = decoded["factored"]
+    full = decoded["tokens"][0]
+    torch.testing.assert_close(f["subset"][:, [0, 2, 3, 4]], full[:, [0, 2, 3, 4]], rtol=0, atol=1e-4)
+    assert torch.isnan(f["subset"][:, [1, 5, 6]]).all()
+    # prompts 0 and 2, masks 3 then 1, tokens under a 64 x 48 region: the same part of the map
+    part = f["part"]
+    assert part.shape == (2, 2, 256, 192)
+    torch.testing.assert_close(part, f["low"][[0, 2]][:, [2, 0], :, :192], rtol=0, atol=1e-4)
+
+
+def test_factored_decoder_needs_the_context(decoded):
+    fd = decoded["factored"]["decoder"]
+    tokens = decoded["factored"]["tokens"][:1]
+    with pytest.raises(ValueError, match="ctx"):
+        fd.predict_mask_logits(tokens, None, (64, 64), [1])
 
 
 # --------------------------------------------------------------------------------------------

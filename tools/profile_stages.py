@@ -6,9 +6,9 @@ Wraps the generator's stages with wall-clock timers (no profiler overhead inside
 
 - ``encoder``: the image encoder, once per crop;
 - ``transformer``: the two-way transformer, one call per decoder chunk
-  (``GridDecoder.run_transformer``);
+  (``FactoredGridDecoder.run_transformer``);
 - ``mask_logits``: output upscaling to low-resolution logits of the prompts with a mask above
-  the predicted-IoU threshold (``GridDecoder.predict_mask_logits``);
+  the predicted-IoU threshold (``FactoredGridDecoder.predict_mask_logits``);
 - ``upscale``: region upscaling + stability score of each IoU survivor
   (``RegionUpscaler.upscale``);
 - ``box``, ``edge``, ``rle``: box, crop-edge filter and RLE of each stability survivor;
@@ -42,7 +42,7 @@ from amg import MaskGenerator
 from amg.config import AMGConfig, ConfigError
 from amg.io import ImageReadError, load_image
 from sam_model import load_model
-from sam_model.grid_decoder import GridDecoder
+from amg.generator import DECODER
 
 
 def _bench_module() -> Any:
@@ -108,8 +108,8 @@ def install_timers(timer: StageTimer, model: Any) -> list[Callable[[], None]]:
     """Wrap the stages listed in the module docstring; returns the restore functions."""
     return [
         timer.wrap(type(model), "encode_image", "encoder"),
-        timer.wrap(GridDecoder, "run_transformer", "transformer"),
-        timer.wrap(GridDecoder, "predict_mask_logits", "mask_logits"),
+        timer.wrap(DECODER, "run_transformer", "transformer"),
+        timer.wrap(DECODER, "predict_mask_logits", "mask_logits"),
         timer.wrap(upscale_module.RegionUpscaler, "upscale", "upscale"),
         timer.wrap(generator_module, "region_box_xyxy", "box"),
         timer.wrap(generator_module, "is_box_near_crop_edge", "edge"),
