@@ -121,12 +121,43 @@ class RegionUpscaler:
             return UpscaledMask(float("nan"), torch.zeros(0, 0, dtype=torch.bool, device=low.device), 0, 0)
         ra, rb = int(self.r_lo[y0]), int(self.r_hi[y1 - 1])
         ca, cb = int(self.c_lo[x0]), int(self.c_hi[x1 - 1])
-        region = self.ay[y0:y1, ra:rb] @ low[ra:rb, ca:cb] @ self.ax[x0:x1, ca:cb].T
-        inter = int((region > threshold + offset).sum())
-        union = int((region > threshold - offset).sum())
+        # A_y @ L @ A_x^T with both factors banded: low-res columns -> output columns, then
+        # low-res rows -> output rows, each in blocks of output indices over only the low-res
+        # indices that block reads (zero weights skipped: same sums up to rounding order).
+        tmp = _banded_product(self.ax[x0:x1, ca:cb], self.c_lo[x0:x1] - ca,
+                              self.c_hi[x0:x1] - ca, low[ra:rb, ca:cb].T)  # (nx, nr)
+        region = _banded_product(self.ay[y0:y1, ra:rb], self.r_lo[y0:y1] - ra,
+                                 self.r_hi[y0:y1] - ra, tmp.T)  # (ny, nx)
+        if region.device.type == "cpu":  # numpy compares and counts ~5x faster than torch here
+            values = region.numpy()
+            inter = int(np.count_nonzero(values > threshold + offset))
+            union = int(np.count_nonzero(values > threshold - offset))
+            mask = torch.from_numpy(values > threshold)
+        else:
+            inter = int((region > threshold + offset).sum())
+            union = int((region > threshold - offset).sum())
+            mask = region > threshold
         # float32 quotient, as the reference's stability score
         stability = float(np.float32(inter) / np.float32(union)) if union else float("nan")
-        return UpscaledMask(stability, region > threshold, y0, x0)
+        return UpscaledMask(stability, mask, y0, x0)
+
+
+# Output indices per block in :func:`_banded_product`: with ~3-9 output pixels per low-res
+# index, a block of 64 reads ~10-25 low-res indices instead of all of them.
+BAND_BLOCK = 64
+
+
+def _banded_product(a: torch.Tensor, lo: np.ndarray, hi: np.ndarray, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for a banded ``a`` (n_out, n_in) whose row i is zero outside ``[lo[i], hi[i])``
+    (both non-decreasing in i), ``b`` (n_in, n): (n_out, n) float32, computed block by block
+    over only the columns of ``a`` a block of rows reads."""
+    n_out = a.shape[0]
+    out = b.new_empty(n_out, b.shape[1])
+    for i in range(0, n_out, BAND_BLOCK):
+        j = min(i + BAND_BLOCK, n_out)
+        k0, k1 = int(lo[i]), int(hi[j - 1])
+        torch.mm(a[i:j, k0:k1], b[k0:k1], out=out[i:j])
+    return out
 
 
 def _reach(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,27 +190,58 @@ def _support(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def region_box_xyxy(mask: torch.Tensor, y0: int, x0: int) -> torch.Tensor:
     """Tight XYXY box (x2/y2 inclusive, reference convention) of a region mask placed at
-    (y0, x0); an empty mask gives [0, 0, 0, 0] like the reference. (4,) int64."""
-    if mask.numel() == 0 or not bool(mask.any()):
+    (y0, x0); an empty mask gives [0, 0, 0, 0] like the reference. (4,) int64.
+
+    Same result as ``masks_to_boxes_xyxy`` on the placed mask, from the region's occupied rows
+    and columns (max-reductions over the bytes: ~20x faster than bool ``any`` on a CPU)."""
+    if mask.numel() == 0:
         return torch.zeros(4, dtype=torch.int64, device=mask.device)
-    box = masks_to_boxes_xyxy(mask[None])[0]
-    return box + torch.tensor([x0, y0, x0, y0], device=box.device)
+    u8 = mask.view(torch.uint8)
+    ys = u8.amax(1).nonzero().flatten()
+    if len(ys) == 0:
+        return torch.zeros(4, dtype=torch.int64, device=mask.device)
+    xs = u8.amax(0).nonzero().flatten()
+    return torch.stack([xs[0] + x0, ys[0] + y0, xs[-1] + x0, ys[-1] + y0])
 
 
 def region_to_rle(mask: torch.Tensor, y0: int, x0: int, h: int, w: int) -> dict:
-    """Uncompressed RLE (column-major, zeros first) of an (h, w) image that is zero except for
-    the region ``mask`` (h_r, w_r) bool placed at (y0, x0). Only the region's columns are
-    materialised; the columns left and right of it are added as zero runs."""
+    """Uncompressed RLE (column-major, zeros first; reference ``mask_to_rle_pytorch``) of an
+    (h, w) image that is zero except for the region ``mask`` (h_r, w_r) bool placed at (y0, x0).
+
+    A run starts at column-major position p when pixel p differs from pixel p - 1 (pixel -1
+    being 0). Such changes can only sit between vertical neighbours inside the region, at the
+    region's top row (against the zero above it, or the previous column's bottom pixel when
+    the region spans the full height), or just after a one in the region's bottom row. Those
+    are found on the region in its own row-major layout (no transposed copy), mapped to image
+    positions and sorted; the run lengths are their differences.
+
+    Raises:
+        ValueError: the region does not fit in the image.
+    """
     hr, wr = mask.shape
-    if hr == 0 or wr == 0 or not bool(mask.any()):
+    if y0 < 0 or x0 < 0 or y0 + hr > h or x0 + wr > w:
+        raise ValueError(f"region {hr}x{wr} at ({y0}, {x0}) does not fit a {h}x{w} image")
+    m = mask.cpu().numpy()
+    if hr == 0 or wr == 0 or not m.view(np.uint8).max():
         return {"size": [h, w], "counts": [h * w]}
-    cols = torch.zeros(1, h, wr, dtype=torch.bool, device=mask.device)
-    cols[0, y0:y0 + hr] = mask
-    counts = list(masks_to_rle(cols)[0]["counts"])
-    lead, trail = x0 * h, (w - x0 - wr) * h
-    counts[0] += lead
-    if len(counts) % 2 == 1:  # ends with a run of zeros
-        counts[-1] += trail
-    elif trail:
-        counts.append(trail)
+    col0 = (x0 + np.arange(wr, dtype=np.int64)) * h  # image position of each column's row 0
+    inside = np.flatnonzero(m[1:] != m[:-1])  # change between rows y and y + 1 of column x
+    starts = [col0[inside % wr] + y0 + inside // wr + 1]
+    prev_top = np.zeros(wr, dtype=bool)
+    full_height = y0 == 0 and hr == h
+    if full_height:  # the pixel before a column's top is the previous column's bottom
+        prev_top[1:] = m[hr - 1, :-1]
+    starts.append(col0[np.flatnonzero(m[0] != prev_top)] + y0)
+    ones = np.flatnonzero(m[hr - 1])  # columns whose bottom region pixel is a one
+    if y0 + hr < h:
+        starts.append(col0[ones] + y0 + hr)
+    else:  # the next pixel is the next column's top: a zero unless that column is in the region
+        if not full_height:
+            after = ones
+        else:
+            after = ones[ones == wr - 1]
+        pos = col0[after] + h
+        starts.append(pos[pos < h * w])
+    bounds = np.concatenate([[0], np.sort(np.concatenate(starts)), [h * w]])
+    counts = np.diff(bounds).tolist()
     return {"size": [h, w], "counts": counts}

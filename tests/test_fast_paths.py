@@ -229,6 +229,25 @@ def test_region_to_rle_places_region_exactly():
     assert region_box_xyxy(mask, 1, 2).tolist() == [2, 1, 3, 2]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_region_rle_and_box_equal_the_placed_full_mask(seed):
+    """Random regions (empty, touching every image edge, full height/width, all ones) against
+    ``masks_to_rle`` / ``masks_to_boxes_xyxy`` of the full placed mask."""
+    g = np.random.default_rng(seed)
+    for _ in range(500):
+        h, w = (int(v) for v in g.integers(1, 9, 2))
+        hr, wr = int(g.integers(0, h + 1)), int(g.integers(0, w + 1))
+        y0, x0 = int(g.integers(0, h - hr + 1)), int(g.integers(0, w - wr + 1))
+        mask = torch.from_numpy(g.random((hr, wr)) < g.random())
+        full = np.zeros((h, w), bool)
+        full[y0:y0 + hr, x0:x0 + wr] = mask.numpy()
+        full_t = torch.from_numpy(full)[None]
+        assert region_to_rle(mask, y0, x0, h, w) == masks_to_rle(full_t)[0]
+        assert region_box_xyxy(mask, y0, x0).tolist() == masks_to_boxes_xyxy(full_t)[0].tolist()
+    with pytest.raises(ValueError, match="does not fit"):
+        region_to_rle(torch.ones(3, 2, dtype=torch.bool), 2, 0, 4, 4)
+
+
 def test_region_upscaler_refuses_a_region_that_misses_taps():
     with pytest.raises(ValueError, match="does not cover"):
         RegionUpscaler((100, 100), 256, 1024, (684, 1024), (534, 800), torch.device("cpu"))
