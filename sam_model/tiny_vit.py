@@ -30,6 +30,21 @@ class ConvBN(nn.Sequential):
                                        bias=False))
         self.add_module("bn", nn.BatchNorm2d(out_ch))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (B, in, H, W) float32 -> (B, out, H', W') float32, keeping ``x``'s memory
+        format (channels-last in this encoder).
+
+        In eval mode the BatchNorm is folded into the convolution (``w * g / sqrt(var + eps)``,
+        bias ``b - mean * g / sqrt(var + eps)``): one pass over the activations instead of two,
+        equal up to float rounding. Training mode runs the two modules (batch statistics)."""
+        if self.training:
+            return super().forward(x)
+        c, bn = self.c, self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = c.weight * scale.view(-1, 1, 1, 1)
+        bias = bn.bias - bn.running_mean * scale
+        return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
+
 
 class StemPatchEmbed(nn.Module):
     """Two stride-2 3x3 ConvBN layers with GELU: (B, 3, H, W) -> (B, C0, H/4, W/4)."""
@@ -218,8 +233,12 @@ class TinyViTImageEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (B, 3, H, W) float32 -> image embedding (B, 256, H/16, W/16) float32."""
-        x = self.patch_embed(x)
+        """``x``: (B, 3, H, W) float32 -> image embedding (B, 256, H/16, W/16) float32.
+
+        Runs channels-last throughout: convolutions (depth-wise ones especially) ran about 2x
+        faster than channels-first on a 2-core AVX2 CPU, and the attention stages' NHWC
+        permutes become free views. The output is contiguous channels-first."""
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
         for stage in self.layers:
             x = stage(x)
-        return self.neck(x)
+        return self.neck(x).contiguous()

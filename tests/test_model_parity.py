@@ -193,3 +193,29 @@ def test_load_model_gives_eval_model_with_real_weights(mobile_sam):
     ours = mobile_sam.state_dict()
     assert ours.keys() == official.keys()
     assert all(torch.equal(ours[k], official[k]) for k in official)
+
+
+@pytest.mark.parametrize("groups, stride", [(1, 1), (8, 2)])
+def test_conv_bn_folds_batch_norm_in_eval_mode(groups, stride):
+    """TinyViT's ConvBN folds BatchNorm into the convolution at inference: same output as
+    conv then BN (running statistics), channels-first or channels-last input; training mode
+    still normalises with the batch's own statistics."""
+    from sam_model.tiny_vit import ConvBN
+    torch.manual_seed(0)
+    m = ConvBN(8, 16, 3, stride, 1, groups=groups)
+    with torch.no_grad():
+        m.bn.weight.uniform_(0.5, 2.0)
+        m.bn.bias.normal_()
+        m.bn.running_mean.normal_()
+        m.bn.running_var.uniform_(0.5, 3.0)
+    x = torch.randn(2, 8, 20, 18)
+    m.eval()
+    with torch.no_grad():
+        plain = m.bn(m.c(x))
+        torch.testing.assert_close(m(x), plain, rtol=1e-5, atol=1e-5)
+        cl = m(x.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(cl, plain, rtol=1e-5, atol=1e-5)
+    m.train()
+    with torch.no_grad():
+        out = m(x)
+    torch.testing.assert_close(out.mean((0, 2, 3)), m.bn.bias, rtol=0, atol=1e-4)
