@@ -243,9 +243,13 @@ class FactoredGridDecoder(GridDecoder):
                 _, nt, h, d = v.shape
                 v1 = torch.cat([v, v.new_ones(b, nt, h, 1)], -1)  # (B, Nt, h, d+1)
                 prod = torch.bmm(v1.permute(2, 0, 1, 3).reshape(h, b * nt, d + 1), term)
-                prod = prod.view(h, b, nt, hw).transpose(0, 1)  # (B, h, Nt, HW)
-                cross += (coef[:, off:off + h * nt].view(b, h, nt, hw) * prod).sum((1, 2))
-                off += h * nt
+                prod = prod.view(h, b, nt, hw).transpose(0, 1)  # (B, h, Nt, HW): Bc . U[h, t]
+                # rows U[h, t] - U[h, last] (t < last), then the group's row sum_h U[h, last]
+                k = h * (nt - 1)
+                last = prod[:, :, nt - 1:]
+                cross += (coef[:, off:off + k].view(b, h, nt - 1, hw) * (prod[:, :, :nt - 1] - last)).sum((1, 2))
+                cross.addcmul_(coef[:, off + k], last.sum((1, 2)))
+                off += k + 1
             else:
                 cross.addcmul_(coef[:, off], term)
                 off = _after_bias(off)
@@ -320,6 +324,27 @@ class FactoredGridDecoder(GridDecoder):
         v = _heads(attn.v_proj(tokens), h)
         return logits.softmax(2).view(b, h * nt, hw), v, self._fold_values(attn, v)
 
+    @staticmethod
+    def _update_rows(p: torch.Tensor, m: torch.Tensor, coef: torch.Tensor, rows: torch.Tensor) -> None:
+        """Write an image->tokens update ``sum_(h,t) p[h, t] U[h, t]`` into form (*) columns.
+
+        Each head's probabilities sum to 1 over the Nt tokens, so the update equals
+        ``sum_h U[h, last] + sum_(h, t < last) p[h, t] (U[h, t] - U[h, last])``: h*(Nt-1) columns
+        plus one row with coefficient 1, instead of h*Nt columns (48 + 1 instead of 56 for a
+        point prompt; every later product over the columns shrinks with it).
+
+        Args:
+            p: (B, h, Nt, HW) probabilities (softmax over Nt). m: (B, h*Nt, C) rows ``U``.
+            coef: (B, h*(Nt-1) + 1, HW) output columns. rows: (B, h*(Nt-1) + 1, C) output rows.
+        """
+        b, h, nt, hw = p.shape
+        k = h * (nt - 1)
+        coef[:, :k].view(b, h, nt - 1, hw).copy_(p[:, :, :nt - 1])
+        coef[:, k] = 1.0
+        u = m.view(b, h, nt, -1)
+        torch.sub(u[:, :, :nt - 1], u[:, :, nt - 1:], out=rows[:, :k].view(b, h, nt - 1, -1))
+        rows[:, k] = u[:, :, nt - 1].sum(1)
+
     # ------------------------------------------------------------------ decoder
     def run_transformer(self, ctx: FactoredContext, sparse: torch.Tensor,
                         final_tokens: list[int] | None = None
@@ -344,7 +369,7 @@ class FactoredGridDecoder(GridDecoder):
         pe_tok = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], 1)
         nt = pe_tok.shape[1]
         hw, c = ctx.keys0.shape
-        big_r = h * nt
+        big_r = h * (nt - 1) + 1  # columns per image->tokens update (see _update_rows)
         width = 0
         for _ in t.layers:
             width = _after_bias(width + big_r)
@@ -369,8 +394,8 @@ class FactoredGridDecoder(GridDecoder):
         d = k.shape[-1]
         logits = torch.bmm(k.permute(2, 0, 1, 3).reshape(h, b * nt, d), ctx.q0.transpose(1, 2))
         p = (logits * d ** -0.5).view(h, b, nt, hw).softmax(2)  # over the prompt's tokens
-        coef_buf[:, :big_r].view(b, h, nt, hw).copy_(p.transpose(0, 1))
-        rows_buf[:, :big_r] = self._fold_values(attn, v)
+        self._update_rows(p.transpose(0, 1), self._fold_values(attn, v),
+                          coef_buf[:, :big_r], rows_buf[:, :big_r])
         values = [v]
         r = big_r
         scale = None
@@ -392,8 +417,8 @@ class FactoredGridDecoder(GridDecoder):
                 queries = blk.norm3(queries + blk.mlp(queries))
                 p, v, m = self._image_to_token_probs(blk.cross_attn_image_to_token, sh,
                                                      queries + pe_tok, queries, scale, coef, rows)
-                coef_buf[:, r:r + big_r] = p
-                rows_buf[:, r:r + big_r] = m
+                self._update_rows(p.view(b, h, nt, hw), m, coef_buf[:, r:r + big_r],
+                                  rows_buf[:, r:r + big_r])
                 values.append(v)
                 r += big_r
             else:
