@@ -11,8 +11,11 @@ rescales each token. So after any number of blocks the image tokens of one promp
     X[n] = a[n] * B[n] + Q[n] @ M                                              (*)
 
 with a shared (per image) base ``B`` (HW, C), a per-prompt row scale ``a`` (HW,), per-prompt
-coefficients ``Q`` (HW, r) and per-prompt rows ``M`` (r, C), r = 56 + 1 per block (the +1 row
-is the LayerNorm bias). Everything the decoder does with image tokens is either linear in them
+coefficients ``Q`` (HW, r) and per-prompt rows ``M`` (r, C). Each head's probabilities sum
+to 1, so an update is stored as ``sum_h U[h, last] + sum_(h, t < last) P[h, t] (U[h, t] -
+U[h, last])``: heads * (Nt - 1) = 48 columns plus one constant row, then one row for the
+LayerNorm bias, padded to a multiple of 8 (r = 56 after the first block, 112 after the second;
+stored transposed, (r, HW)). Everything the decoder does with image tokens is either linear in them
 or needs their LayerNorm statistics, and both are cheap in form (*):
 
 - a linear map ``W`` (attention projections, the first output-upscaling transposed
@@ -27,9 +30,9 @@ or needs their LayerNorm statistics, and both are cheap in form (*):
   16-d values. The normalised tokens are again of form (*): ``a <- a D``, ``Q <- D Q``,
   ``M <- Mc * gamma`` plus one row ``beta`` with coefficient 1.
 
-Per prompt (MobileSAM, 7 tokens) this is about 0.17 GMAC instead of 0.37 GMAC of the
+Per prompt (MobileSAM, 7 tokens) this is about 0.15 GMAC instead of 0.37 GMAC of the
 streamed rewrite in :mod:`sam_model.grid_decoder`, and the per-prompt arrays are (HW x r),
-r <= 114, instead of (HW x 256). The LayerNorm variance is a sum of non-negative and cross
+r <= 112, instead of (HW x 256). The LayerNorm variance is a sum of non-negative and cross
 terms evaluated in float32; the tests hold it to the plain decoder within 1e-4 on real
 weights and photos.
 
