@@ -51,6 +51,11 @@ class AMGConfig:
             ``coarse_cover_area_frac`` of the crop. 1 (default) prompts every point, exactly
             as the reference.
         coarse_cover_area_frac: see ``coarse_to_fine_stride``; in [0, 1]. 0 skips nothing.
+        input_size: not in the reference. Side of the square model input in pixels (the
+            longest image or crop side is resized to it); ``None`` (default) keeps the
+            model's own (1024, exactly as the reference). A multiple of 16 in [256, 4096];
+            larger values give small objects more image tokens at (input_size / 1024)**2
+            times the decoder cost (:meth:`sam_model.Sam.with_input_size`).
     """
 
     points_per_side: int | None = 32
@@ -69,6 +74,7 @@ class AMGConfig:
     decoder_chunk_size: int = 4
     coarse_to_fine_stride: int = 1
     coarse_cover_area_frac: float = 0.0
+    input_size: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,6 +119,11 @@ class AMGConfig:
              f"stability_score_offset must be >= 0, got {self.stability_score_offset!r}")
         need(_is_num(self.crop_overlap_ratio) and 0.0 <= self.crop_overlap_ratio < 1.0,
              f"crop_overlap_ratio must be in [0, 1), got {self.crop_overlap_ratio!r}")
+        if self.input_size is not None:
+            need(_is_int(self.input_size) and self.input_size % 16 == 0
+                 and 256 <= self.input_size <= 4096,
+                 f"input_size must be a multiple of 16 in [256, 4096] (or None), "
+                 f"got {self.input_size!r}")
         need(self.output_mode in OUTPUT_MODES,
              f"output_mode must be one of {OUTPUT_MODES}, got {self.output_mode!r}")
 

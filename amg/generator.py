@@ -64,9 +64,10 @@ class MaskGenerator:
 
     def __init__(self, model: Sam, config: AMGConfig | None = None, **params: Any) -> None:
         check_names(params)
-        self.model = model
         self.config = (config or AMGConfig()).replace(**params) if params else (config or AMGConfig())
         cfg = self.config
+        # input_size: the same weights run at another model-input side (not in the reference).
+        self.model = model if cfg.input_size is None else model.with_input_size(int(cfg.input_size))
         with torch.no_grad():
             self.grid_decoder = DECODER(model.mask_decoder)
         if cfg.point_grids is not None:

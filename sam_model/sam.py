@@ -12,6 +12,8 @@ zero-padded at the bottom/right to 1024x1024.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,8 +92,45 @@ class Sam(nn.Module):
 
     @property
     def input_size(self) -> int:
-        """Side of the square, padded model input in pixels (1024)."""
+        """Side of the square, padded model input in pixels (1024; see :meth:`with_input_size`)."""
         return self.cfg.encoder.img_size
+
+    def with_input_size(self, size: int) -> "Sam":
+        """The same network (shared weights, no copy) run at another model-input size.
+
+        The longest image side is resized to ``size`` pixels instead of 1024, so the image
+        embedding grid is ``size // 16`` tokens a side, prompts are encoded in the ``size``
+        frame and the low-res masks are ``size // 4`` a side. TinyViT (MobileSAM) has no
+        absolute position embedding and needs nothing else; ViT encoders interpolate theirs
+        bicubically (:meth:`ViTImageEncoder.position_embedding`). Encoding a small image at
+        more than 1024 pixels gives small objects more image tokens (the issue's "larger
+        input size" lever; muggled_sam documents that SAMv1 tolerates resized inputs); the
+        decoder's per-prompt cost grows with the grid, (size / 1024)**2.
+
+        Args:
+            size: the new square input side in pixels, a multiple of 16, >= 256.
+
+        Returns:
+            ``self`` when ``size`` is already the input size, else a new :class:`Sam` that
+            shares every module and parameter with ``self``.
+
+        Raises:
+            ValueError: ``size`` is not an integer multiple of 16 in [256, 4096].
+        """
+        if isinstance(size, bool) or not isinstance(size, int) or size % 16 or not 256 <= size <= 4096:
+            raise ValueError(f"input size must be a multiple of 16 in [256, 4096], got {size!r}")
+        if size == self.input_size:
+            return self
+        enc = dataclasses.replace(self.cfg.encoder, img_size=size)
+        dec = dataclasses.replace(self.cfg.decoder, input_image_size=size,
+                                  image_embedding_size=size // 16)
+        view = copy.copy(self)  # shares _modules/_parameters/_buffers: the same weights
+        view.__dict__["_modules"] = dict(self._modules)
+        view.cfg = dataclasses.replace(self.cfg, encoder=enc, decoder=dec)
+        prompt_encoder = copy.copy(self.prompt_encoder)
+        prompt_encoder.cfg = dec
+        view._modules["prompt_encoder"] = prompt_encoder
+        return view
 
     @property
     def mask_threshold(self) -> float:

@@ -33,10 +33,12 @@ def test_defaults_equal_reference_generator_defaults():
         else:
             assert ours == default, name
     # Our extra parameters: the internal decoder cache knob, and the fast preset's
-    # coarse-to-fine prompting, whose defaults switch it off (the reference's behaviour).
+    # coarse-to-fine prompting and the model-input size, whose defaults switch them off (the
+    # reference's behaviour).
     assert set(PARAMETER_NAMES) - set(ref) == {"decoder_chunk_size", "coarse_to_fine_stride",
-                                               "coarse_cover_area_frac"}
+                                               "coarse_cover_area_frac", "input_size"}
     assert cfg.coarse_to_fine_stride == 1 and cfg.coarse_cover_area_frac == 0.0
+    assert cfg.input_size is None  # the model's own input size (1024), as the reference
 
 
 def test_defaults_hand_checked():
@@ -62,6 +64,9 @@ def test_defaults_hand_checked():
     ({"decoder_chunk_size": 0}, "decoder_chunk_size"),
     ({"coarse_to_fine_stride": 0}, "coarse_to_fine_stride"),
     ({"coarse_cover_area_frac": 1.5}, "coarse_cover_area_frac"),
+    ({"input_size": 1000}, "input_size"),
+    ({"input_size": 128}, "input_size"),
+    ({"input_size": 1536.0}, "input_size"),
     ({"crop_n_points_downscale_factor": 0}, "crop_n_points_downscale_factor"),
     ({"crop_n_layers": -1}, "crop_n_layers"),
     ({"min_mask_region_area": -1}, "min_mask_region_area"),

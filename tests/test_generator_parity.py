@@ -119,3 +119,55 @@ def test_generate_rejects_bad_images(mobile_sam):
         gen.generate(np.zeros((8, 8), np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         gen.generate(np.zeros((8, 8, 3), np.float64))
+
+
+def reference_model_at_input_size(ref_model, size):
+    """The reference MobileSAM built for a ``size`` x ``size`` input (its TinyViT and prompt
+    encoder take the input size at construction), with ``ref_model``'s weights."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mobilesam_lite.mobile_sam.modeling import PromptEncoder, Sam, TinyViT
+    encoder = TinyViT(img_size=size, in_chans=3, num_classes=1000, embed_dims=[64, 128, 160, 320],
+                      depths=[2, 2, 6, 2], num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7],
+                      mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0, use_checkpoint=False,
+                      mbconv_expand_ratio=4.0, local_conv_size=3, layer_lr_decay=0.8)
+    encoder.load_state_dict(ref_model.image_encoder.state_dict())
+    grid = size // 16
+
+    def forward_features(x):
+        # The reference's TinyViT.forward_features hard-codes a 64x64 token grid (a 1024 input);
+        # the same layers, reshaped to the grid of a ``size`` input.
+        x = encoder.patch_embed(x)
+        for layer in encoder.layers:
+            x = layer(x)
+        return encoder.neck(x.view(x.shape[0], grid, grid, x.shape[2]).permute(0, 3, 1, 2))
+
+    encoder.forward_features = forward_features
+    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(size // 16, size // 16),
+                                   input_image_size=(size, size), mask_in_chans=16)
+    prompt_encoder.load_state_dict(ref_model.prompt_encoder.state_dict())
+    return Sam(image_encoder=encoder, prompt_encoder=prompt_encoder,
+               mask_decoder=ref_model.mask_decoder, pixel_mean=[123.675, 116.28, 103.53],
+               pixel_std=[58.395, 57.12, 57.375]).eval()
+
+
+def test_input_size_matches_reference_built_at_that_size(mobile_sam, ref_mobile_sam):
+    """``input_size=1536`` (not a reference parameter) equals the reference model constructed
+    for a 1536 input (its ``ResizeLongestSide`` follows ``image_encoder.img_size``)."""
+    image = read_photo("bus.jpg")
+    params = dict(points_per_side=8, pred_iou_thresh=0.8, stability_score_thresh=0.9)
+    ref = reference_generator(reference_model_at_input_size(ref_mobile_sam, 1536),
+                              output_mode="coco_rle", **params).generate(image)
+    ours = MaskGenerator(mobile_sam, output_mode="coco_rle", input_size=1536, **params).generate(image)
+    at_1024 = MaskGenerator(mobile_sam, output_mode="coco_rle", **params).generate(image)
+    assert len(ref) >= 5
+    assert min(match_fractions(ref, ours)) >= 0.95, (len(ref), len(ours), match_fractions(ref, ours))
+    # The input size really changes the masks (otherwise the comparison above proves nothing).
+    assert min(match_fractions(ref, at_1024)) < 0.95
+    ious = mask_utils.iou([r["segmentation"] for r in ref], [o["segmentation"] for o in ours],
+                          [0] * len(ours))
+    for i, r in enumerate(ref):
+        j = int(ious[i].argmax())
+        if ious[i, j] >= 0.9:
+            assert ours[j]["predicted_iou"] == pytest.approx(r["predicted_iou"], abs=1e-4)
+            assert ours[j]["stability_score"] == pytest.approx(r["stability_score"], abs=2e-3)

@@ -219,3 +219,24 @@ def test_conv_bn_folds_batch_norm_in_eval_mode(groups, stride):
     with torch.no_grad():
         out = m(x)
     torch.testing.assert_close(out.mean((0, 2, 3)), m.bn.bias, rtol=0, atol=1e-4)
+
+
+def test_with_input_size_shares_weights_and_encodes_at_the_new_size(mobile_sam):
+    """``Sam.with_input_size``: a view on the same parameters; the original is unchanged; the
+    embedding grid, prompt frame and low-res masks follow the new size; bad sizes are refused."""
+    assert mobile_sam.with_input_size(1024) is mobile_sam
+    big = mobile_sam.with_input_size(1280)
+    assert big.input_size == 1280 and mobile_sam.input_size == 1024
+    assert big.prompt_encoder.input_hw == (1280, 1280) and mobile_sam.prompt_encoder.input_hw == (1024, 1024)
+    ours = dict(mobile_sam.named_parameters())
+    assert all(p.data_ptr() == ours[n].data_ptr() for n, p in big.named_parameters())
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[100:200, 150:300] = 200
+    emb = big.encode_image(image)
+    assert emb.embedding.shape == (1, 256, 80, 80) and emb.input_hw == (960, 1280)
+    low, iou = big.decode(emb, torch.tensor([[[200.0, 150.0]]]), torch.ones(1, 1, dtype=torch.int64))
+    assert low.shape == (1, 3, 320, 320) and iou.shape == (1, 3)
+    assert big.upscale_masks(low, emb).shape == (1, 3, 300, 400)
+    for bad in (1000, 128, 8192, 1024.0, True):
+        with pytest.raises(ValueError, match="input size"):
+            mobile_sam.with_input_size(bad)
