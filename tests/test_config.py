@@ -212,11 +212,12 @@ def test_fast_and_quality_presets_documented_values():
     fast, quality, ref = (AMGConfig.from_preset("fast"), AMGConfig.from_preset("quality"),
                           AMGConfig())
     assert fast.points_per_side == 24
+    assert fast.pred_iou_thresh == 0.86 and fast.stability_score_thresh == 0.92
     assert quality.pred_iou_thresh == 0.8 and quality.stability_score_thresh == 0.9
     assert quality.min_mask_region_area == 100
     # Everything else stays at the reference defaults.
     for name in PARAMETER_NAMES:
-        if name != "points_per_side":
+        if name not in ("points_per_side", "pred_iou_thresh", "stability_score_thresh"):
             assert getattr(fast, name) == getattr(ref, name), name
         if name not in ("pred_iou_thresh", "stability_score_thresh", "min_mask_region_area"):
             assert getattr(quality, name) == getattr(ref, name), name
