@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,12 @@ class AMGConfig:
             model's own (1024, exactly as the reference). A multiple of 16 in [256, 4096];
             larger values give small objects more image tokens at (input_size / 1024)**2
             times the decoder cost (:meth:`sam_model.Sam.with_input_size`).
+        compute_dtype: not in the reference. ``"float32"`` (default) computes exactly what the
+            reference computes. ``"bfloat16"`` runs the image encoder and the mask decoder's
+            per-prompt work in bfloat16 (scores, thresholds and post-processing stay float32):
+            an approximation for the fast preset, several times faster per matrix product on
+            CPUs with AVX512-BF16 (and GPUs), slower on CPUs without it; masks near a
+            threshold can flip (docs/benchmarks.md gives the measured recall).
     """
 
     points_per_side: int | None = 32
@@ -75,6 +82,7 @@ class AMGConfig:
     coarse_to_fine_stride: int = 1
     coarse_cover_area_frac: float = 0.0
     input_size: int | None = None
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -124,6 +132,8 @@ class AMGConfig:
                  and 256 <= self.input_size <= 4096,
                  f"input_size must be a multiple of 16 in [256, 4096] (or None), "
                  f"got {self.input_size!r}")
+        need(self.compute_dtype in COMPUTE_DTYPES,
+             f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         need(self.output_mode in OUTPUT_MODES,
              f"output_mode must be one of {OUTPUT_MODES}, got {self.output_mode!r}")
 

@@ -68,8 +68,9 @@ class MaskGenerator:
         cfg = self.config
         # input_size: the same weights run at another model-input side (not in the reference).
         self.model = model if cfg.input_size is None else model.with_input_size(int(cfg.input_size))
+        self.compute_dtype = getattr(torch, cfg.compute_dtype)  # float32 / bfloat16
         with torch.no_grad():
-            self.grid_decoder = DECODER(model.mask_decoder)
+            self.grid_decoder = DECODER(model.mask_decoder, dtype=self.compute_dtype)
         if cfg.point_grids is not None:
             self.point_grids = [np.asarray(g, dtype=np.float64) for g in cfg.point_grids]
         else:
@@ -118,7 +119,7 @@ class MaskGenerator:
         model = self.model
         x0, y0, x1, y1 = crop_box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
-        emb = model.encode_image(crop)
+        emb = model.encode_image(crop, self.compute_dtype)
         ch, cw = crop.shape[:2]
         # Shared per-crop work: first-block image projections, and the upscaling matrices of
         # the low-res rows/columns that reach the image (the rest is padding).

@@ -42,6 +42,7 @@ prompts and the "no mask" dense embedding, as :class:`~sam_model.grid_decoder.Gr
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -154,14 +155,30 @@ class FactoredGridDecoder(GridDecoder):
     which :meth:`predict_mask_logits` takes.
 
     Args:
-        decoder: the model's :class:`MaskDecoder` (weights are read, not copied).
+        decoder: the model's :class:`MaskDecoder` (weights are read, not copied, in float32).
+        dtype: arithmetic of the per-prompt work. ``torch.float32`` (default) is the exact
+            rewrite. ``torch.bfloat16`` is an approximation for fast presets (not the
+            reference's numbers): the per-image terms are computed in float32 by
+            :meth:`prepare` and then rounded to bfloat16, the per-prompt products, softmaxes
+            and output upscaling run in bfloat16 on a bfloat16 copy of the decoder's weights,
+            and the LayerNorm variances are summed in float32. On a CPU with AVX512-BF16
+            matrix products run ~3.5-5x faster than in float32 (docs/benchmarks.md); on one
+            without it bfloat16 is slower. :meth:`predict_iou` and :meth:`predict_mask_logits`
+            return float32 either way.
 
     Raises:
-        ValueError: the two-way transformer has no block.
+        ValueError: the two-way transformer has no block, or ``dtype`` is neither float32
+            nor bfloat16.
     """
 
-    def __init__(self, decoder: MaskDecoder) -> None:
-        super().__init__(decoder)
+    def __init__(self, decoder: MaskDecoder, dtype: torch.dtype = torch.float32) -> None:
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"FactoredGridDecoder: dtype must be torch.float32 or "
+                             f"torch.bfloat16, got {dtype!r}")
+        self.dtype = dtype
+        # The per-image terms are always made in float32 (by this float32 twin) and rounded.
+        self._float32 = None if dtype == torch.float32 else FactoredGridDecoder(decoder)
+        super().__init__(decoder if dtype == torch.float32 else copy.deepcopy(decoder).to(dtype))
 
     # ------------------------------------------------------------------ per image
     def prepare(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
@@ -174,8 +191,11 @@ class FactoredGridDecoder(GridDecoder):
                 (the broadcast "no mask" embedding).
 
         Returns:
-            a :class:`FactoredContext` (about 1.3 GMAC and 20 MB for a 64x64 grid).
+            a :class:`FactoredContext` (about 1.3 GMAC and 20 MB for a 64x64 grid), its
+            tensors in this decoder's ``dtype`` (computed in float32, then rounded).
         """
+        if self._float32 is not None:
+            return self._cast_context(self._float32.prepare(image_embedding, image_pe, dense))
         ctx = super().prepare(image_embedding, image_pe, dense)
         t = self.dec.transformer
         h = self.heads
@@ -220,6 +240,19 @@ class FactoredGridDecoder(GridDecoder):
                                norms=norms, attns=attns, base=base,
                                conv1_base=(base @ self.w1).contiguous())
 
+    def _cast_context(self, ctx: FactoredContext) -> FactoredContext:
+        """A float32 context rounded to ``self.dtype``, its LayerNorms this decoder's copies."""
+        dt = self.dtype
+        norms = [_NormShared(ns.sq.to(dt), [(kind, term.to(dt)) for kind, term in ns.cross],
+                             blk.norm4)
+                 for ns, blk in zip(ctx.norms, self.dec.transformer.layers)]
+        attns = [_AttentionShared(*(None if x is None else x.to(dt) for x in
+                                    (a.k_base, a.k_pe, a.v_base, a.q_base, a.q_pe)))
+                 for a in ctx.attns]
+        return FactoredContext(ctx.keys0.to(dt), ctx.pe.to(dt), ctx.k0.to(dt), ctx.v0.to(dt),
+                               ctx.q0.to(dt), ctx.grid_hw, norms=norms, attns=attns,
+                               base=ctx.base.to(dt), conv1_base=ctx.conv1_base.to(dt))
+
     # ------------------------------------------------------------------ form (*) steps
     def _layer_norm(self, ns: _NormShared, scale: torch.Tensor | None, coef: torch.Tensor,
                     rows: torch.Tensor, values: list[torch.Tensor]) -> torch.Tensor:
@@ -259,14 +292,18 @@ class FactoredGridDecoder(GridDecoder):
         mc = _centre(rows)
         gram = torch.bmm(mc, mc.transpose(1, 2))  # (B, r, r)
         quad = (torch.bmm(gram, coef) * coef).sum(1)  # (B, HW)
+        if coef.dtype != torch.float32:  # sum the variance's terms in float32
+            cross, quad = cross.float(), quad.float()
+            scale = None if scale is None else scale.float()
+        sq = ns.sq.float()
         if scale is None:
-            var = ns.sq + 2 * cross + quad
+            var = sq + 2 * cross + quad
         else:
-            var = scale.square() * ns.sq + 2 * scale * cross + quad
-        inv = torch.rsqrt(var / c + ns.norm.eps)  # (B, HW)
-        coef.mul_(inv[:, None])
+            var = scale.square() * sq + 2 * scale * cross + quad
+        inv = torch.rsqrt(var / c + ns.norm.eps)  # (B, HW) float32
+        coef.mul_(inv.to(coef.dtype)[:, None])
         rows.copy_(mc * ns.norm.weight)
-        return inv if scale is None else inv * scale
+        return (inv if scale is None else inv * scale).to(coef.dtype)
 
     def _token_to_image(self, attn: DecoderAttention, sh: _AttentionShared, q_in: torch.Tensor,
                         scale: torch.Tensor, coef: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -361,11 +398,12 @@ class FactoredGridDecoder(GridDecoder):
                 computed only for these, the other positions are NaN. Default: all.
 
         Returns:
-            tokens (B, 5 + Np, C) float32 and the output image tokens as
-            :class:`FactoredImageTokens` (``.materialize()`` gives ``MaskDecoder``'s (B, HW, C)).
+            tokens (B, 5 + Np, C) and the output image tokens as :class:`FactoredImageTokens`
+            (``.materialize()`` gives ``MaskDecoder``'s (B, HW, C)), both in ``self.dtype``.
         """
         dec = self.dec
         t = dec.transformer
+        sparse = sparse.to(self.dtype)
         b = sparse.shape[0]
         h = self.heads
         out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], 0)
@@ -373,11 +411,32 @@ class FactoredGridDecoder(GridDecoder):
         nt = pe_tok.shape[1]
         hw, c = ctx.keys0.shape
         big_r = h * (nt - 1) + 1  # columns per image->tokens update (see _update_rows)
-        width = 0
-        for _ in t.layers:
-            width = _after_bias(width + big_r)
-        coef_buf = sparse.new_empty(b, width, hw)
-        rows_buf = sparse.new_empty(b, width, c)
+
+        widths = [_after_bias(big_r)]
+        for _ in t.layers[1:]:
+            widths.append(_after_bias(widths[-1] + big_r))
+        if self.dtype == torch.float32:  # one buffer; column ranges of it are views
+            full = (sparse.new_empty(b, widths[-1], hw), sparse.new_empty(b, widths[-1], c))
+
+        def grow(coef: torch.Tensor | None, rows: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+            """(B, width, HW) / (B, width, C) buffers holding the old columns, room for one
+            update and its LayerNorm bias row, the rest zero. In float32 these are column
+            ranges of one buffer (strided over the batch, which float32 products take as
+            they are); in bfloat16 new contiguous tensors, as bfloat16 batched products copy
+            strided operands first (~0.9 vs 0.17 ms for a (4, 56, 4096) one)."""
+            r0 = 0 if coef is None else coef.shape[1]
+            width = _after_bias(r0 + big_r)  # = widths[block]
+            if self.dtype == torch.float32:
+                new_coef, new_rows = full[0][:, :width], full[1][:, :width]
+            else:
+                new_coef, new_rows = sparse.new_empty(b, width, hw), sparse.new_empty(b, width, c)
+                if coef is not None:
+                    new_coef[:, :r0] = coef
+                    new_rows[:, :r0] = rows
+            new_coef[:, r0 + big_r:] = 0.0  # [r0, r0 + big_r) is written by _update_rows
+            new_rows[:, r0 + big_r:] = 0.0
+            return new_coef, new_rows
 
         def self_attention(blk, queries):
             if blk.skip_first_layer_pe:
@@ -397,20 +456,17 @@ class FactoredGridDecoder(GridDecoder):
         d = k.shape[-1]
         logits = torch.bmm(k.permute(2, 0, 1, 3).reshape(h, b * nt, d), ctx.q0.transpose(1, 2))
         p = (logits * d ** -0.5).view(h, b, nt, hw).softmax(2)  # over the prompt's tokens
+        coef, rows = grow(None, None)
         self._update_rows(p.transpose(0, 1), self._fold_values(attn, v),
-                          coef_buf[:, :big_r], rows_buf[:, :big_r])
+                          coef[:, :big_r], rows[:, :big_r])
         values = [v]
-        r = big_r
+        r = big_r  # used columns; the rest of the buffer is zero and adds nothing
         scale = None
         for j in range(len(t.layers)):
-            coef, rows = coef_buf[:, :r], rows_buf[:, :r]
             scale = self._layer_norm(ctx.norms[j], scale, coef, rows, values)
-            coef_buf[:, r] = 1.0  # the LayerNorm bias, coefficient 1
-            rows_buf[:, r] = t.layers[j].norm4.bias
-            coef_buf[:, r + 1:_after_bias(r)] = 0.0
-            rows_buf[:, r + 1:_after_bias(r)] = 0.0
-            r = _after_bias(r)
-            coef, rows = coef_buf[:, :r], rows_buf[:, :r]
+            coef[:, r] = 1.0  # the LayerNorm bias, coefficient 1
+            rows[:, r] = t.layers[j].norm4.bias
+            r = coef.shape[1]
             sh = ctx.attns[j]
             if j + 1 < len(t.layers):
                 blk = t.layers[j + 1]
@@ -420,8 +476,9 @@ class FactoredGridDecoder(GridDecoder):
                 queries = blk.norm3(queries + blk.mlp(queries))
                 p, v, m = self._image_to_token_probs(blk.cross_attn_image_to_token, sh,
                                                      queries + pe_tok, queries, scale, coef, rows)
-                self._update_rows(p.view(b, h, nt, hw), m, coef_buf[:, r:r + big_r],
-                                  rows_buf[:, r:r + big_r])
+                coef, rows = grow(coef, rows)
+                self._update_rows(p.view(b, h, nt, hw), m, coef[:, r:r + big_r],
+                                  rows[:, r:r + big_r])
                 values.append(v)
                 r += big_r
             else:
@@ -431,7 +488,7 @@ class FactoredGridDecoder(GridDecoder):
                 full = torch.full_like(queries, float("nan"))
                 full[:, sel] = t.norm_final_attn(queries[:, sel] + out)
                 queries = full
-        return queries, FactoredImageTokens(scale, coef_buf[:, :r], rows_buf[:, :r], ctx.base)
+        return queries, FactoredImageTokens(scale, coef, rows, ctx.base)
 
     def predict_mask_logits(self, tokens: torch.Tensor, image_tokens: FactoredImageTokens,
                             grid_hw: tuple[int, int], mask_index: list[int],
@@ -450,7 +507,7 @@ class FactoredGridDecoder(GridDecoder):
             ctx: the context the tokens came from (for ``conv1_base``).
 
         Returns:
-            (B, M, 4*th, 4*tw) float32 logits.
+            (B, M, 4*th, 4*tw) float32 logits (computed in ``self.dtype``).
 
         Raises:
             ValueError: ``ctx`` is missing.
@@ -473,4 +530,8 @@ class FactoredGridDecoder(GridDecoder):
             f = torch.mm(coef.T, rows_w1[i])  # (th*tw, 4*c1)
             f.addcmul_(a, base).add_(self.b1)
             self._logits_from_conv1(f, wbd[i], th, tw, out[i])
-        return out
+        return out.float()
+
+    def predict_iou(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, Nt, C) tokens -> predicted IoU (B, 4) float32 for all mask tokens."""
+        return self.dec.predict_iou(tokens).float()

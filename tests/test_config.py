@@ -36,9 +36,11 @@ def test_defaults_equal_reference_generator_defaults():
     # coarse-to-fine prompting and the model-input size, whose defaults switch them off (the
     # reference's behaviour).
     assert set(PARAMETER_NAMES) - set(ref) == {"decoder_chunk_size", "coarse_to_fine_stride",
-                                               "coarse_cover_area_frac", "input_size"}
+                                               "coarse_cover_area_frac", "input_size",
+                                               "compute_dtype"}
     assert cfg.coarse_to_fine_stride == 1 and cfg.coarse_cover_area_frac == 0.0
     assert cfg.input_size is None  # the model's own input size (1024), as the reference
+    assert cfg.compute_dtype == "float32"  # the reference's arithmetic
 
 
 def test_defaults_hand_checked():
@@ -67,6 +69,8 @@ def test_defaults_hand_checked():
     ({"input_size": 1000}, "input_size"),
     ({"input_size": 128}, "input_size"),
     ({"input_size": 1536.0}, "input_size"),
+    ({"compute_dtype": "float16"}, "compute_dtype"),
+    ({"compute_dtype": None}, "compute_dtype"),
     ({"crop_n_points_downscale_factor": 0}, "crop_n_points_downscale_factor"),
     ({"crop_n_layers": -1}, "crop_n_layers"),
     ({"min_mask_region_area": -1}, "min_mask_region_area"),
