@@ -187,9 +187,9 @@ def run_bad(argv: list[str], capsys) -> str:
 
 def test_unknown_preset(tmp_path, capsys):
     out = tmp_path / "out"
-    err = run_bad([str(shared_path("images", "dog.jpg")), "-o", str(out), "--config", "fastest"],
+    err = run_bad([str(shared_path("images", "dog.jpg")), "-o", str(out), "--config", "fastestest"],
                   capsys)
-    assert "unknown preset 'fastest'" in err and "default" in err and "crops" in err
+    assert "unknown preset 'fastestest'" in err and "default" in err and "crops" in err
     assert not out.exists()
 
 

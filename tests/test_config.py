@@ -212,17 +212,22 @@ def test_crops_preset_documented_values():
     assert cfg.output_mode == "binary_mask"
 
 
-def test_fast_and_quality_presets_documented_values():
-    fast, quality, ref = (AMGConfig.from_preset("fast"), AMGConfig.from_preset("quality"),
-                          AMGConfig())
-    assert fast.points_per_side == 24
-    assert fast.pred_iou_thresh == 0.86 and fast.stability_score_thresh == 0.92
+def test_fast_fastest_and_quality_presets_documented_values():
+    fast, fastest, quality, ref = (AMGConfig.from_preset("fast"), AMGConfig.from_preset("fastest"),
+                                   AMGConfig.from_preset("quality"), AMGConfig())
+    assert fast.compute_dtype == "bfloat16" and fast.decoder_chunk_size == 8
+    assert fastest.compute_dtype == "bfloat16" and fastest.decoder_chunk_size == 8
+    assert fastest.points_per_side == 24
+    assert fastest.pred_iou_thresh == 0.86 and fastest.stability_score_thresh == 0.92
     assert quality.pred_iou_thresh == 0.8 and quality.stability_score_thresh == 0.9
     assert quality.min_mask_region_area == 100
     # Everything else stays at the reference defaults.
     for name in PARAMETER_NAMES:
-        if name not in ("points_per_side", "pred_iou_thresh", "stability_score_thresh"):
+        if name not in ("compute_dtype", "decoder_chunk_size"):
             assert getattr(fast, name) == getattr(ref, name), name
+        if name not in ("compute_dtype", "decoder_chunk_size", "points_per_side",
+                        "pred_iou_thresh", "stability_score_thresh"):
+            assert getattr(fastest, name) == getattr(ref, name), name
         if name not in ("pred_iou_thresh", "stability_score_thresh", "min_mask_region_area"):
             assert getattr(quality, name) == getattr(ref, name), name
 
@@ -304,7 +309,7 @@ def test_missing_yaml_path(tmp_path):
 
 def test_unknown_preset_lists_known_presets():
     with pytest.raises(ConfigError) as ei:
-        AMGConfig.from_preset("fastest")
+        AMGConfig.from_preset("fastestest")
     msg = str(ei.value)
-    assert "'fastest'" in msg
-    assert "default" in msg and "crops" in msg
+    assert "'fastestest'" in msg
+    assert all(name in msg for name in ("default", "crops", "fast", "fastest", "quality"))
