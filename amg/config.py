@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
 
 
 class ConfigError(ValueError):
@@ -45,7 +45,9 @@ class AMGConfig:
             removed (0 disables; uses OpenCV).
         output_mode: ``binary_mask``, ``uncompressed_rle`` or ``coco_rle``.
         decoder_chunk_size: prompts per mask-decoder call inside a batch; an internal
-            cache-size knob that never changes the output.
+            cache-size knob that does not change the output (in float32; in bfloat16 at most
+            by rounding). ``None`` (default): 4 in float32, 8 in bfloat16, the fastest of
+            2/4/8/16 on a 2-core CPU (docs/benchmarks.md).
         coarse_to_fine_stride: not in the reference (fast preset). With s > 1, each crop's
             regular grid is prompted in two passes: every s-th row and column first, then
             the other points, except those inside a first-pass mask no larger than
@@ -60,9 +62,11 @@ class AMGConfig:
         compute_dtype: not in the reference. ``"float32"`` (default) computes exactly what the
             reference computes. ``"bfloat16"`` runs the image encoder and the mask decoder's
             per-prompt work in bfloat16 (scores, thresholds and post-processing stay float32):
-            an approximation for the fast preset, several times faster per matrix product on
-            CPUs with AVX512-BF16 (and GPUs), slower on CPUs without it; masks near a
-            threshold can flip (docs/benchmarks.md gives the measured recall).
+            an approximation for the fast presets, several times faster per matrix product on
+            CPUs with AVX512-BF16 or AMX (and GPUs), slower on CPUs without them; masks near a
+            threshold can flip (docs/benchmarks.md gives the measured recall). ``"auto"``:
+            bfloat16 where the device has native bfloat16 matrix arithmetic
+            (:func:`sam_model.sam.has_native_bfloat16`), else float32.
     """
 
     points_per_side: int | None = 32
@@ -78,7 +82,7 @@ class AMGConfig:
     point_grids: list[np.ndarray] | None = None
     min_mask_region_area: int = 0
     output_mode: str = "binary_mask"
-    decoder_chunk_size: int = 4
+    decoder_chunk_size: int | None = None
     coarse_to_fine_stride: int = 1
     coarse_cover_area_frac: float = 0.0
     input_size: int | None = None
@@ -115,6 +119,8 @@ class AMGConfig:
         for name in ("points_per_batch", "crop_n_points_downscale_factor", "decoder_chunk_size",
                      "coarse_to_fine_stride"):
             v = getattr(self, name)
+            if name == "decoder_chunk_size" and v is None:
+                continue
             need(_is_int(v) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
         for name in ("crop_n_layers", "min_mask_region_area"):
             v = getattr(self, name)

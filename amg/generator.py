@@ -31,7 +31,7 @@ from torchvision.ops import batched_nms, box_area
 
 from sam_model import ImageEmbedding, Sam
 from sam_model.factored_decoder import FactoredGridDecoder, FactoredContext
-from sam_model.sam import check_rgb_image
+from sam_model.sam import check_rgb_image, has_native_bfloat16
 
 from .config import AMGConfig, check_names
 from .coarse_to_fine import grid_passes, uncovered
@@ -68,7 +68,7 @@ class MaskGenerator:
         cfg = self.config
         # input_size: the same weights run at another model-input side (not in the reference).
         self.model = model if cfg.input_size is None else model.with_input_size(int(cfg.input_size))
-        self.compute_dtype = getattr(torch, cfg.compute_dtype)  # float32 / bfloat16
+        self.compute_dtype = resolve_compute_dtype(cfg.compute_dtype, model.device)
         with torch.no_grad():
             self.grid_decoder = DECODER(model.mask_decoder, dtype=self.compute_dtype)
         if cfg.point_grids is not None:
@@ -179,7 +179,7 @@ class MaskGenerator:
         pts = model.to_input_frame(points_xy[:, None, :], emb)
         sparse = model.prompt_encoder(pts, labels, None, None, emb.grid_hw)[0]
         lows, ious, idxs = [], [], []
-        step = cfg.decoder_chunk_size
+        step = cfg.decoder_chunk_size or (4 if self.compute_dtype == torch.float32 else 8)
         for s in range(0, n, step):
             tokens, img_tokens = gd.run_transformer(ctx, sparse[s:s + step], FINAL_TOKENS)
             iou = gd.predict_iou(tokens)[:, MULTIMASK_TOKENS]  # (b, 3)
@@ -233,6 +233,21 @@ class MaskGenerator:
         return MaskData(rles=rles, boxes_xyxy=torch.stack(boxes), predicted_iou=iou[sel_t],
                         stability_score=torch.tensor(stabs, dtype=torch.float32, device=dev),
                         points_xy=points_xy[idx[sel_t]], crop_boxes_xyxy=crop_t.clone())
+
+
+def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``AMGConfig.compute_dtype`` -> the torch dtype used on ``device``: ``"float32"`` and
+    ``"bfloat16"`` as named; ``"auto"`` is bfloat16 where :func:`has_native_bfloat16`, else
+    float32 (bfloat16 emulated in software is slower than float32).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name == "auto":
+        return torch.bfloat16 if has_native_bfloat16(device) else torch.float32
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"compute_dtype must be float32, bfloat16 or auto, got {name!r}")
+    return getattr(torch, name)
 
 
 def remove_small_regions_and_dedupe(data: MaskData, min_area: int, nms_thresh: float) -> MaskData:

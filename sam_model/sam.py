@@ -58,6 +58,35 @@ def check_compute_dtype(dtype: torch.dtype) -> None:
         raise ValueError(f"compute dtype must be torch.float32 or torch.bfloat16, got {dtype!r}")
 
 
+def has_native_bfloat16(device: str | torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware, so that ``compute_dtype``
+    bfloat16 is a speed-up rather than an emulation.
+
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the AVX512-BF16 or AMX-BF16 instruction
+    sets, read from ``/proc/cpuinfo`` on Linux (on a 2-core AMD EPYC with AVX512-BF16, bfloat16
+    matrix products ran 3.5-5x faster than float32; CPUs without these instructions emulate
+    bfloat16 and are slower than float32), elsewhere oneDNN's own bfloat16 check. Other
+    devices: False.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resized_hw(original_hw: tuple[int, int], long_side: int) -> tuple[int, int]:
     """Size after resizing the longest side to ``long_side``: ``int(side * scale + 0.5)``
     with ``scale = long_side / max(H, W)`` (reference ``ResizeLongestSide``)."""

@@ -215,17 +215,16 @@ def test_crops_preset_documented_values():
 def test_fast_fastest_and_quality_presets_documented_values():
     fast, fastest, quality, ref = (AMGConfig.from_preset("fast"), AMGConfig.from_preset("fastest"),
                                    AMGConfig.from_preset("quality"), AMGConfig())
-    assert fast.compute_dtype == "bfloat16" and fast.decoder_chunk_size == 8
-    assert fastest.compute_dtype == "bfloat16" and fastest.decoder_chunk_size == 8
+    assert fast.compute_dtype == "auto" and fastest.compute_dtype == "auto"
     assert fastest.points_per_side == 24
     assert fastest.pred_iou_thresh == 0.86 and fastest.stability_score_thresh == 0.92
     assert quality.pred_iou_thresh == 0.8 and quality.stability_score_thresh == 0.9
     assert quality.min_mask_region_area == 100
     # Everything else stays at the reference defaults.
     for name in PARAMETER_NAMES:
-        if name not in ("compute_dtype", "decoder_chunk_size"):
+        if name != "compute_dtype":
             assert getattr(fast, name) == getattr(ref, name), name
-        if name not in ("compute_dtype", "decoder_chunk_size", "points_per_side",
+        if name not in ("compute_dtype", "points_per_side",
                         "pred_iou_thresh", "stability_score_thresh"):
             assert getattr(fastest, name) == getattr(ref, name), name
         if name not in ("pred_iou_thresh", "stability_score_thresh", "min_mask_region_area"):

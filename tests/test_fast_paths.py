@@ -335,3 +335,26 @@ def test_generator_in_bf16_keeps_the_float32_masks(mobile_sam):
     assert (ious.max(1) >= 0.9).mean() >= 0.9
     assert (ious.max(0) >= 0.9).mean() >= 0.9
     assert a != b  # the bfloat16 run is not the float32 one
+
+
+def test_auto_compute_dtype_follows_the_hardware(mobile_sam):
+    """"auto" is bfloat16 exactly where the CPU has AVX512-BF16 or AMX-BF16 (Linux flags)."""
+    from pathlib import Path
+
+    from amg import MaskGenerator
+    from amg.generator import resolve_compute_dtype
+    from sam_model.sam import has_native_bfloat16
+    cpu = torch.device("cpu")
+    assert resolve_compute_dtype("float32", cpu) == torch.float32
+    assert resolve_compute_dtype("bfloat16", cpu) == torch.bfloat16
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags"))
+        native = "avx512_bf16" in flags.split() or "amx_bf16" in flags.split()
+        assert has_native_bfloat16("cpu") == native
+    expected = torch.bfloat16 if has_native_bfloat16("cpu") else torch.float32
+    assert resolve_compute_dtype("auto", cpu) == expected
+    assert MaskGenerator(mobile_sam, compute_dtype="auto").compute_dtype == expected
+    assert has_native_bfloat16("meta") is False
+    with pytest.raises(ValueError, match="compute_dtype"):
+        resolve_compute_dtype("float16", cpu)
