@@ -50,7 +50,8 @@ from .record_filters import apply_record_filters
 
 STATE_DIR = ".segment-everything"
 ENGINES = ("local", "ray")
-# AMGConfig fields that never change the masks: left out of the resume check.
+# AMGConfig fields that do not change the masks (decoder_chunk_size: in float32; in bfloat16 at
+# most by rounding): left out of the resume check.
 NON_OUTPUT_PARAMETERS = ("points_per_batch", "decoder_chunk_size", "output_mode")
 
 __all__ = ["RunOptions", "RunSummary", "RunMismatch", "RunLocked", "ImageJob", "run_dataset",
@@ -159,7 +160,7 @@ class RunOptions:
         """The parameters that shape the outputs, as JSON-ready data (stored in ``run.json``).
 
         Left out, so they may change between a run and its resume: ``points_per_batch`` and
-        ``decoder_chunk_size`` (never change the masks), the engine, device, workers, threads
+        ``decoder_chunk_size`` (do not change the masks), the engine, device, workers, threads
         and Ray settings."""
         cfg = {k: v for k, v in dataclasses.asdict(self.config).items()
                if k not in NON_OUTPUT_PARAMETERS}
