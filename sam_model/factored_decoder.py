@@ -113,9 +113,10 @@ class FactoredImageTokens:
     ``X[b, n] = scale[b, n] * base[n] + coef[b, :, n] @ rows[b]``.
 
     Attributes:
-        scale: (B, HW) float32. coef: (B, r, HW) float32 (coefficients stored transposed, so
-            that image tokens are the contiguous dimension). rows: (B, r, C) float32.
-        base: (HW, C) float32, shared by the batch.
+        scale: (B, HW). coef: (B, r, HW) (coefficients stored transposed, so that image
+            tokens are the contiguous dimension). rows: (B, r, C).
+        base: (HW, C), shared by the batch.
+        All in the decoder's dtype (float32, or bfloat16 for ``compute_dtype`` bfloat16).
     """
 
     scale: torch.Tensor
