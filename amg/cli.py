@@ -28,7 +28,8 @@ FLAG_TYPES = {
     "stability_score_thresh": float, "stability_score_offset": float, "box_nms_thresh": float,
     "crop_n_layers": int, "crop_nms_thresh": float, "crop_overlap_ratio": float,
     "crop_n_points_downscale_factor": int, "min_mask_region_area": int,
-    "decoder_chunk_size": int, "input_size": int, "compute_dtype": str,
+    "decoder_chunk_size": int, "input_size": int, "compute_dtype": str, "max_masks": int,
+    "nested_mask_penalty": float,
 }
 
 

@@ -67,6 +67,12 @@ class AMGConfig:
             threshold can flip (docs/benchmarks.md gives the measured recall). ``"auto"``:
             bfloat16 where the device has native bfloat16 matrix arithmetic
             (:func:`sam_model.sam.has_native_bfloat16`), else float32.
+        max_masks: not in the reference. Keep at most this many masks per image (after every
+            other step), ranked by predicted IoU minus ``nested_mask_penalty`` per larger mask
+            that contains the mask (:func:`amg.ranking.rank_masks`); the survivors keep the
+            generator's order. ``None`` (default) keeps every mask, as the reference.
+        nested_mask_penalty: not in the reference; >= 0. See ``max_masks`` (used only when an
+            image has more than ``max_masks`` masks). 0 (default) ranks by predicted IoU alone.
     """
 
     points_per_side: int | None = 32
@@ -87,6 +93,8 @@ class AMGConfig:
     coarse_cover_area_frac: float = 0.0
     input_size: int | None = None
     compute_dtype: str = "float32"
+    max_masks: int | None = None
+    nested_mask_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -138,6 +146,11 @@ class AMGConfig:
                  and 256 <= self.input_size <= 4096,
                  f"input_size must be a multiple of 16 in [256, 4096] (or None), "
                  f"got {self.input_size!r}")
+        if self.max_masks is not None:
+            need(_is_int(self.max_masks) and self.max_masks >= 1,
+                 f"max_masks must be an integer >= 1 (or None), got {self.max_masks!r}")
+        need(_is_num(self.nested_mask_penalty) and self.nested_mask_penalty >= 0,
+             f"nested_mask_penalty must be >= 0, got {self.nested_mask_penalty!r}")
         need(self.compute_dtype in COMPUTE_DTYPES,
              f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         need(self.output_mode in OUTPUT_MODES,

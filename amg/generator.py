@@ -4,7 +4,8 @@ For each crop box (the whole image, then crop layers): encode the crop once; pro
 decoder with a grid of single foreground points in batches; keep masks whose predicted IoU and
 stability score pass their thresholds and whose box does not touch an inner crop edge; box NMS
 inside the crop; then box NMS across crops preferring smaller crops; optionally remove small
-islands and holes; return the reference's mask records.
+islands and holes; optionally (not in the reference) keep only the ``max_masks`` best
+(:mod:`amg.ranking`); return the reference's mask records.
 
 Differences from the reference are in *how*, not *what* (each step is an exact rewrite; results
 equal the reference's up to float rounding):
@@ -40,6 +41,7 @@ from .grid import build_all_layer_point_grids
 from .mask_data import MaskData
 from .masks import masks_to_boxes_xyxy, stability_score
 from .records import mask_data_to_records
+from .ranking import rank_masks
 from .regions import remove_small_regions
 from .rle import area_from_rle, masks_to_rle, rle_to_mask
 from .upscale import RegionUpscaler, region_box_xyxy, region_to_rle
@@ -112,7 +114,13 @@ class MaskGenerator:
         if cfg.min_mask_region_area > 0 and len(data):
             data = remove_small_regions_and_dedupe(
                 data, cfg.min_mask_region_area, max(cfg.box_nms_thresh, cfg.crop_nms_thresh))
-        return data.to("cpu")
+        data = data.to("cpu")
+        if cfg.max_masks is not None and len(data) > cfg.max_masks:
+            # Not in the reference: a per-image budget, the most object-like masks first.
+            keep = rank_masks(data.rles, data.predicted_iou, [area_from_rle(r) for r in data.rles],
+                              cfg.max_masks, cfg.nested_mask_penalty)
+            data = data.filter(keep)
+        return data
 
     # ------------------------------------------------------------------ steps
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int) -> MaskData:

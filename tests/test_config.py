@@ -37,10 +37,12 @@ def test_defaults_equal_reference_generator_defaults():
     # reference's behaviour).
     assert set(PARAMETER_NAMES) - set(ref) == {"decoder_chunk_size", "coarse_to_fine_stride",
                                                "coarse_cover_area_frac", "input_size",
-                                               "compute_dtype"}
+                                               "compute_dtype", "max_masks",
+                                               "nested_mask_penalty"}
     assert cfg.coarse_to_fine_stride == 1 and cfg.coarse_cover_area_frac == 0.0
     assert cfg.input_size is None  # the model's own input size (1024), as the reference
     assert cfg.compute_dtype == "float32"  # the reference's arithmetic
+    assert cfg.max_masks is None and cfg.nested_mask_penalty == 0.0  # every mask kept
 
 
 def test_defaults_hand_checked():

@@ -1,0 +1,127 @@
+"""Proposal ranking: keep at most ``max_masks`` masks per image, the most object-like first.
+
+Not in the reference (which returns every mask that passes its filters). The object-proposal
+evaluation of the SAM paper (§7.3, Appendix D.3) and our ``tools/evaluate.py`` score a fixed
+budget of proposals per image (AR@100); a user pre-labelling a dataset likewise reviews a
+limited number of masks. When an image has more masks than the budget, which ones are kept
+matters, and the predicted IoU alone keeps too many *parts*: every point inside an object also
+yields sub-part masks with high predicted IoU (SAM's multimask output, §3), nested inside the
+object's own mask.
+
+The ranking score of mask i (measured on coco_tiny, docs/quality.md)::
+
+    rank_score_i = predicted_iou_i - nested_mask_penalty * depth_i
+
+where ``depth_i`` (:func:`nesting_depth`) counts the other kept masks, larger than mask i,
+that contain at least ``NESTED_FRACTION`` of its pixels. A whole object (depth 0 or 1 when it
+lies on a table, a road...) therefore outranks its parts (depth 2 and more) when their
+predicted IoUs are close.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from .rle import _check_rle
+
+__all__ = ["NESTED_FRACTION", "containment_matrix", "nesting_depth", "rank_masks"]
+
+# A mask counts as nested in a larger one when at least this fraction of its pixels lies inside.
+NESTED_FRACTION = 0.9
+
+
+def containment_matrix(rles: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Fraction of each mask's pixels inside each other mask.
+
+    Args:
+        rles: N uncompressed RLE dicts (``{"size": [h, w], "counts": list[int]}``, column-major,
+            zeros first) of one image.
+
+    Returns:
+        ``(N, N)`` float64 ``C`` with ``C[i, j] = |m_i ∩ m_j| / |m_i|`` (0 for an empty
+        ``m_i``; the diagonal is 1 for non-empty masks). Computed by ``pycocotools.mask.iou``
+        with every mask marked as a crowd region, which divides the intersection by the
+        first mask's area.
+
+    Raises:
+        ValueError: a malformed RLE, or RLEs of different image sizes.
+    """
+    n = len(rles)
+    if n == 0:
+        return np.zeros((0, 0))
+    coco = []
+    size = None
+    for rle in rles:
+        h, w, counts = _check_rle(rle)
+        if size is not None and (h, w) != size:
+            raise ValueError(f"masks of different sizes: {size} and {(h, w)}")
+        size = (h, w)
+        coco.append(mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w))
+    frac = mask_utils.iou(coco, coco, [1] * n)
+    return np.asarray(frac, dtype=np.float64).reshape(n, n)
+
+
+def nesting_depth(rles: Sequence[dict[str, Any]], areas: Sequence[int] | np.ndarray) -> np.ndarray:
+    """How many larger masks contain each mask.
+
+    Args:
+        rles: N uncompressed RLE dicts of one image (see :func:`containment_matrix`).
+        areas: (N,) pixel areas of the masks.
+
+    Returns:
+        ``(N,)`` int64: for mask i, the number of masks j with ``area_j > area_i`` and
+        ``|m_i ∩ m_j| >= NESTED_FRACTION * |m_i|``. Masks of equal area never count each other.
+
+    Raises:
+        ValueError: ``areas`` does not have one entry per mask, or a malformed RLE.
+    """
+    a = np.asarray(areas, dtype=np.float64).reshape(-1)
+    if a.shape[0] != len(rles):
+        raise ValueError(f"areas has {a.shape[0]} entries for {len(rles)} masks")
+    if len(rles) == 0:
+        return np.zeros(0, dtype=np.int64)
+    inside = containment_matrix(rles) >= NESTED_FRACTION
+    larger = a[None, :] > a[:, None]
+    return (inside & larger).sum(axis=1).astype(np.int64)
+
+
+def rank_masks(rles: Sequence[dict[str, Any]], predicted_iou: torch.Tensor | np.ndarray,
+               areas: Sequence[int] | np.ndarray, max_masks: int,
+               nested_mask_penalty: float = 0.0) -> torch.Tensor:
+    """Indices of the ``max_masks`` best masks by ``predicted_iou - penalty * nesting depth``.
+
+    Args:
+        rles: N uncompressed RLE dicts of one image.
+        predicted_iou: (N,) float predicted IoU of each mask.
+        areas: (N,) pixel areas.
+        max_masks: how many to keep (>= 1). All N are kept when N <= ``max_masks``.
+        nested_mask_penalty: subtracted from the predicted IoU once per containing mask
+            (:func:`nesting_depth`); 0 ranks by predicted IoU alone (the depth is then not
+            computed).
+
+    Returns:
+        (K,) int64 indices, K = min(N, ``max_masks``), in increasing order (the generator's
+        order is kept among the survivors). Ties in the score keep the earlier mask.
+
+    Raises:
+        ValueError: ``max_masks < 1``, a negative penalty, or inputs of different lengths.
+    """
+    if max_masks < 1:
+        raise ValueError(f"max_masks must be >= 1, got {max_masks}")
+    if nested_mask_penalty < 0:
+        raise ValueError(f"nested_mask_penalty must be >= 0, got {nested_mask_penalty}")
+    iou = np.asarray(torch.as_tensor(predicted_iou).detach().cpu(), dtype=np.float64).reshape(-1)
+    n = len(rles)
+    if iou.shape[0] != n:
+        raise ValueError(f"predicted_iou has {iou.shape[0]} entries for {n} masks")
+    if n <= max_masks:
+        return torch.arange(n, dtype=torch.int64)
+    score = iou
+    if nested_mask_penalty > 0:
+        score = iou - nested_mask_penalty * nesting_depth(rles, areas)
+    best = np.argsort(-score, kind="stable")[:max_masks]
+    return torch.from_numpy(np.sort(best)).to(torch.int64)
