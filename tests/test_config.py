@@ -221,7 +221,7 @@ def test_fast_fastest_and_quality_presets_documented_values():
     assert fastest.points_per_side == 24
     assert fastest.pred_iou_thresh == 0.86 and fastest.stability_score_thresh == 0.92
     assert quality.pred_iou_thresh == 0.8 and quality.stability_score_thresh == 0.9
-    assert quality.min_mask_region_area == 100
+    assert quality.max_masks == 100 and quality.nested_mask_penalty == 0.03
     # Everything else stays at the reference defaults.
     for name in PARAMETER_NAMES:
         if name != "compute_dtype":
@@ -229,7 +229,8 @@ def test_fast_fastest_and_quality_presets_documented_values():
         if name not in ("compute_dtype", "points_per_side",
                         "pred_iou_thresh", "stability_score_thresh"):
             assert getattr(fastest, name) == getattr(ref, name), name
-        if name not in ("pred_iou_thresh", "stability_score_thresh", "min_mask_region_area"):
+        if name not in ("pred_iou_thresh", "stability_score_thresh", "max_masks",
+                        "nested_mask_penalty"):
             assert getattr(quality, name) == getattr(ref, name), name
 
 
