@@ -550,9 +550,10 @@ class FactoredGridDecoder(GridDecoder):
         for i in range(b):
             coef = image_tokens.coef[i].view(r, gh, gw)[:, :th, :tw].reshape(r, th * tw)
             a = image_tokens.scale[i].view(gh, gw)[:th, :tw].reshape(th * tw, 1)
-            f = torch.mm(coef.T, rows_w1[i], out=self._workspace("f1", th * tw, rows_w1.shape[2],
-                                                                rows_w1))  # (th*tw, 4*c1)
-            f.addcmul_(a, base).add_(self.b1)
+            # (th*tw, 4*c1): b1 + a * base first, then the product accumulated into it
+            f = torch.addcmul(self.b1, a, base, out=self._workspace("f1", th * tw, rows_w1.shape[2],
+                                                                    rows_w1))
+            f.addmm_(coef.T, rows_w1[i])
             self._logits_from_conv1(f, weights[i], th, tw, out[i])
         return out.float()
 
