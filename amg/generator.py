@@ -39,11 +39,11 @@ from .coarse_to_fine import grid_passes, uncovered
 from .crops import generate_crop_boxes, is_box_near_crop_edge
 from .grid import build_all_layer_point_grids
 from .mask_data import MaskData
-from .masks import masks_to_boxes_xyxy, stability_score
+from .masks import stability_score
 from .records import mask_data_to_records
 from .ranking import rank_masks
-from .regions import remove_small_regions
-from .rle import area_from_rle, masks_to_rle, rle_to_mask
+from .regions import clean_small_regions
+from .rle import area_from_rle, rle_to_mask
 from .upscale import RegionUpscaler, region_box_xyxy, region_to_rle
 
 MULTIMASK_TOKENS = [1, 2, 3]
@@ -262,17 +262,17 @@ def remove_small_regions_and_dedupe(data: MaskData, min_area: int, nms_thresh: f
     """Remove islands and fill holes below ``min_area`` pixels in every mask, then box NMS that
     prefers masks the clean-up did not change (reference ``postprocess_small_regions``).
 
-    Changed masks that survive get their RLE and box recomputed. Runs on the CPU (OpenCV).
+    Changed masks that survive get their RLE and box recomputed. Runs on the CPU (OpenCV),
+    on each mask's box plus a one-pixel ring (:func:`amg.regions.clean_small_regions`, exact).
     """
     rles, boxes, unchanged = [], [], []
     for rle in data.rles:
-        mask, changed_holes = remove_small_regions(rle_to_mask(rle), min_area, "holes")
-        mask, changed_islands = remove_small_regions(mask, min_area, "islands")
-        changed = changed_holes or changed_islands
-        mask_t = torch.from_numpy(mask)[None]
+        h, w = rle["size"]
+        window, y0, x0, changed = clean_small_regions(rle_to_mask(rle), min_area)
+        window_t = torch.from_numpy(window)
         # Encode changed masks now so that no full-size mask stack is ever held.
-        rles.append(masks_to_rle(mask_t)[0] if changed else rle)
-        boxes.append(masks_to_boxes_xyxy(mask_t)[0])
+        rles.append(region_to_rle(window_t, y0, x0, h, w) if changed else rle)
+        boxes.append(region_box_xyxy(window_t, y0, x0))
         unchanged.append(float(not changed))
     boxes_t = torch.stack(boxes)
     scores = torch.tensor(unchanged)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["remove_small_regions"]
+__all__ = ["remove_small_regions", "clean_small_regions"]
 
 _MODES = ("holes", "islands")
 
@@ -56,3 +56,83 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tup
     if keep.size == 0:
         keep = np.array([int(np.argmax(areas)) + 1])
     return np.isin(labels, keep), True
+
+
+def clean_small_regions(mask: np.ndarray, area_thresh: float
+                        ) -> tuple[np.ndarray, int, int, bool]:
+    """Fill small holes, then remove small islands (the generator's ``min_mask_region_area``
+    clean-up, reference ``postprocess_small_regions``), computed on the mask's bounding box
+    plus a one-pixel ring instead of the whole image. Same result as
+    ``remove_small_regions(remove_small_regions(mask, t, "holes")[0], t, "islands")``.
+
+    Why it is exact. Every foreground pixel lies in the box, so the islands are the same.
+    Background outside the box is connected to the ring (the pixels of the window around the
+    box, on the sides where the box does not touch the image border), and the ring pieces are
+    connected exactly as the outside pieces are (one piece, or two strips when the box touches
+    two opposite borders). A background component that touches the ring therefore has, in the
+    whole image, its pixels inside the box plus the whole outside piece(s) it touches; its area
+    is computed so. If such a component would be a small hole (the outside itself is tiny),
+    this falls back to the whole-image computation.
+
+    Args:
+        mask: ``(H, W)`` bool numpy array (rows = y). area_thresh: as
+            :func:`remove_small_regions`.
+
+    Returns:
+        ``(window_mask, y0, x0, changed)``: the cleaned mask is zero outside the
+        ``(h_w, w_w)`` bool ``window_mask`` placed at row ``y0``, column ``x0``; ``changed``
+        as in :func:`remove_small_regions` (either step found a small region).
+
+    Raises:
+        ValueError: ``mask`` is not 2-dimensional.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must have shape (H, W), got {mask.shape}")
+    h, w = mask.shape
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return _whole(mask, area_thresh)
+    by0, by1, bx0, bx1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    y0, y1, x0, x1 = max(by0 - 1, 0), min(by1 + 1, h - 1), max(bx0 - 1, 0), min(bx1 + 1, w - 1)
+    win = mask[y0:y1 + 1, x0:x1 + 1]
+    ring = np.ones(win.shape, dtype=bool)
+    ring[by0 - y0:by1 - y0 + 1, bx0 - x0:bx1 - x0 + 1] = False
+    # outside pieces: (area, ring pixels of the piece)
+    top, bottom, left, right = by0 == 0, by1 == h - 1, bx0 == 0, bx1 == w - 1
+    pieces = []
+    if top and bottom and not (left and right):
+        if not left:
+            pieces.append((h * bx0, (slice(None), 0)))
+        if not right:
+            pieces.append((h * (w - 1 - bx1), (slice(None), -1)))
+    elif left and right and not (top and bottom):
+        if not top:
+            pieces.append((w * by0, (0, slice(None))))
+        if not bottom:
+            pieces.append((w * (h - 1 - by1), (-1, slice(None))))
+    elif ring.any():
+        pieces.append((h * w - (by1 - by0 + 1) * (bx1 - bx0 + 1), ring))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((~win).astype(np.uint8), connectivity=8)
+    areas = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
+    ring_count = np.bincount(labels[ring], minlength=n)
+    areas = areas - ring_count
+    for area, where in pieces:
+        touched = np.unique(labels[where])
+        areas[touched] += area
+    areas[0] = 0  # label 0: the mask itself, never a hole
+    small = np.flatnonzero(areas[1:] < area_thresh) + 1
+    if np.any(ring_count[small] > 0):  # a small hole reaching outside the box: rare
+        return _whole(mask, area_thresh)
+    changed = small.size > 0
+    if changed:
+        win = win | np.isin(labels, small)
+    win, changed_islands = remove_small_regions(win, area_thresh, "islands")
+    return win, y0, x0, changed or changed_islands
+
+
+def _whole(mask: np.ndarray, area_thresh: float) -> tuple[np.ndarray, int, int, bool]:
+    """:func:`clean_small_regions` on the whole image (the fallback)."""
+    m, a = remove_small_regions(mask, area_thresh, "holes")
+    m, b = remove_small_regions(m, area_thresh, "islands")
+    return m, 0, 0, a or b

@@ -24,7 +24,7 @@ from amg.crops import (
 )
 from amg.grid import build_all_layer_point_grids, build_point_grid
 from amg.masks import masks_to_boxes_xyxy, stability_score
-from amg.regions import remove_small_regions
+from amg.regions import clean_small_regions, remove_small_regions
 from amg.rle import area_from_rle, coco_encode_rle, mask_to_coco_rle, masks_to_rle, rle_to_mask
 
 # pycocotools' decode trips a numpy-2 copy-keyword DeprecationWarning inside its C extension.
@@ -615,3 +615,60 @@ def test_remove_small_regions_matches_reference(seed, mode):
             exp, exp_changed = ref.remove_small_regions(m, thresh, mode)
             assert changed == exp_changed
             np.testing.assert_array_equal(got, exp)
+
+
+def _placed(window, y0, x0, shape):
+    full = np.zeros(shape, dtype=bool)
+    full[y0:y0 + window.shape[0], x0:x0 + window.shape[1]] = window
+    return full
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_clean_small_regions_on_the_box_equals_the_whole_image(seed):
+    """Holes then islands on the mask's box plus a one-pixel ring equals the slow whole-image
+    clean-up, for masks anywhere: inside, touching one, two (adjacent or opposite) or all
+    borders, with holes open to the outside and outsides smaller than the threshold."""
+    rng = np.random.default_rng(seed)
+    for it in range(150):
+        h, w = (int(v) for v in rng.integers(3, 16, 2))
+        y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        y1, x1 = int(rng.integers(y0, h)) + 1, int(rng.integers(x0, w)) + 1
+        if it % 5 == 0:
+            y0, y1 = 0, h  # touches top and bottom
+        m = np.zeros((h, w), dtype=bool)
+        m[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < rng.uniform(0.3, 0.95)
+        thresh = int(rng.integers(1, 25))
+        expected, ch1 = slow_remove_small_regions(m, thresh, "holes")
+        expected, ch2 = slow_remove_small_regions(expected, thresh, "islands")
+        window, wy, wx, changed = clean_small_regions(m, thresh)
+        np.testing.assert_array_equal(_placed(window, wy, wx, m.shape), expected)
+        assert changed == (ch1 or ch2)
+
+
+def test_clean_small_regions_by_hand():
+    # a ring-shaped mask in a 6 x 7 image: its 1-pixel hole is filled, the outside (large)
+    # is not; the window is the box plus one pixel on each side
+    m = np.zeros((6, 7), dtype=bool)
+    m[1:4, 2:5] = True
+    m[2, 3] = False
+    window, y0, x0, changed = clean_small_regions(m, 2)
+    assert changed and (y0, x0) == (0, 1) and window.shape == (5, 5)
+    expected = np.zeros((6, 7), dtype=bool)
+    expected[1:4, 2:5] = True
+    np.testing.assert_array_equal(_placed(window, y0, x0, m.shape), expected)
+    # a mask covering all but the last column of a 4 x 4 image: the outside (4 pixels) is a
+    # small hole of the whole image and is filled (the whole-image fallback)
+    m = np.zeros((4, 4), dtype=bool)
+    m[:, :3] = True
+    window, y0, x0, changed = clean_small_regions(m, 5)
+    assert changed
+    np.testing.assert_array_equal(_placed(window, y0, x0, m.shape), np.ones((4, 4), dtype=bool))
+    window, y0, x0, changed = clean_small_regions(m, 4)  # 4 pixels is not < 4: unchanged
+    assert not changed
+    np.testing.assert_array_equal(_placed(window, y0, x0, m.shape), m)
+    # nothing small: unchanged
+    window, y0, x0, changed = clean_small_regions(expected, 1)
+    assert not changed
+    np.testing.assert_array_equal(_placed(window, y0, x0, expected.shape), expected)
+    with pytest.raises(ValueError, match=r"mask must have shape \(H, W\)"):
+        clean_small_regions(np.zeros((2, 2, 2), dtype=bool), 1)
