@@ -39,7 +39,6 @@ from .coarse_to_fine import grid_passes, uncovered
 from .crops import generate_crop_boxes, is_box_near_crop_edge
 from .grid import build_all_layer_point_grids
 from .mask_data import MaskData
-from .masks import stability_score
 from .records import mask_data_to_records
 from .ranking import rank_masks
 from .regions import clean_small_regions
