@@ -24,6 +24,7 @@ __all__ = [
     "uncrop_points",
     "uncrop_masks",
     "is_box_near_crop_edge",
+    "crop_edge_strips",
 ]
 
 
@@ -197,3 +198,46 @@ def is_box_near_crop_edge(
     near_crop = torch.isclose(boxes, crop_t[None, :], atol=atol, rtol=0)
     near_image = torch.isclose(boxes, orig_t[None, :], atol=atol, rtol=0)
     return (near_crop & ~near_image).any(dim=1)
+
+
+def crop_edge_strips(crop_box: list[int], orig_box: list[int], atol: float = 20.0
+                     ) -> list[tuple[int, int, int]]:
+    """Strips of a crop in which any mask pixel makes :func:`is_box_near_crop_edge` flag the
+    mask's box, so the mask is dropped whatever its other pixels are.
+
+    A mask's box is its pixels' extremes (x2/y2 inclusive). If a pixel lies at crop-frame
+    ``x <= atol``, the box's left coordinate ``min_x + x0`` is within ``atol`` of the crop's
+    left edge ``x0``; it is also more than ``atol`` from the image's left edge when
+    ``x0 - orig_x0 > atol``, so coordinate 0 is flagged. Likewise a pixel at
+    ``x >= w - atol`` (``w`` the crop width) flags the right coordinate when
+    ``orig_x1 - x1 + 1 > atol`` (the box's right coordinate is at most ``x1 - 1``); rows
+    the same way. Edges shared with the image (or closer to it than ``atol``) give no strip.
+    The generator uses the strips to drop such masks from a few columns or rows of their
+    logits, before decoding and upscaling the whole mask (the reference's result unchanged).
+
+    Args:
+        crop_box: ``[x0, y0, x1, y1]`` crop in image pixels (x1/y1 exclusive).
+        orig_box: ``[0, 0, w, h]`` the image box in image pixels.
+        atol: the distance of :func:`is_box_near_crop_edge`, pixels, >= 0.
+
+    Returns:
+        list of ``(axis, start, stop)``: crop-frame columns (axis 1) or rows (axis 0)
+        ``[start, stop)``, empty when no edge of the crop is inside the image.
+
+    Raises:
+        ValueError: a box argument has not 4 values, or ``atol`` is negative.
+    """
+    x0, y0, x1, y1 = _check_box("crop_box", crop_box)
+    ox0, oy0, ox1, oy1 = _check_box("orig_box", orig_box)
+    if not atol >= 0:
+        raise ValueError(f"atol must be >= 0, got {atol}")
+    strips = []
+    for axis, lo, hi, olo, ohi in ((1, x0, x1, ox0, ox1), (0, y0, y1, oy0, oy1)):
+        size = int(hi - lo)
+        if size <= 0:
+            continue
+        if lo - olo > atol:  # pixels at crop-frame index <= atol
+            strips.append((axis, 0, min(int(math.floor(atol)) + 1, size)))
+        if ohi - hi + 1 > atol:  # pixels at crop-frame index >= size - atol
+            strips.append((axis, max(int(math.ceil(size - atol)), 0), size))
+    return strips

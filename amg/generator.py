@@ -24,6 +24,7 @@ equal the reference's up to float rounding):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from sam_model.sam import check_rgb_image, has_native_bfloat16
 
 from .config import AMGConfig, check_names
 from .coarse_to_fine import grid_passes, uncovered
-from .crops import generate_crop_boxes, is_box_near_crop_edge
+from .crops import crop_edge_strips, generate_crop_boxes, is_box_near_crop_edge
 from .grid import build_all_layer_point_grids
 from .mask_data import MaskData
 from .records import mask_data_to_records
@@ -49,6 +50,48 @@ MULTIMASK_TOKENS = [1, 2, 3]
 # Output tokens read after the transformer: the IoU token (0) and the multimask tokens.
 FINAL_TOKENS = [0] + [1 + i for i in MULTIMASK_TOKENS]
 DECODER = FactoredGridDecoder  # the batched mask decoder the generator runs
+# Crop-edge strips are tested first only while their tokens are at most this share of the
+# crop's tokens (always for crops of a few hundred pixels or more).
+EDGE_STRIP_MAX_TOKEN_FRAC = 0.35
+
+
+@dataclass(frozen=True)
+class EdgeStrip:
+    """A crop-edge strip (:func:`amg.crops.crop_edge_strips`) and what decodes it.
+
+    Attributes:
+        axis, start, stop: crop-frame columns (axis 1) or rows (axis 0) ``[start, stop)``.
+        token_box: ``(y0, y1, x0, x1)`` image tokens whose logits the strip reads.
+        first: low-res index of the window's first column (axis 1) or row (axis 0).
+    """
+
+    axis: int
+    start: int
+    stop: int
+    token_box: tuple[int, int, int, int]
+    first: int
+
+
+def edge_strips_for_crop(crop_box: list[int], orig_hw: tuple[int, int], upscaler: RegionUpscaler,
+                         token_hw: tuple[int, int]) -> list[EdgeStrip]:
+    """The crop's :class:`EdgeStrip` list (empty when the crop has no edge inside the image,
+    or when the strips would cover more than ``EDGE_STRIP_MAX_TOKEN_FRAC`` of its tokens).
+
+    Args:
+        crop_box: ``[x0, y0, x1, y1]`` in image pixels. orig_hw: (H, W) of the image.
+        upscaler: the crop's :class:`RegionUpscaler` (its low-res support per output pixel).
+        token_hw: (th, tw) image tokens decoded for the crop.
+    """
+    th, tw = token_hw
+    out = []
+    for axis, start, stop in crop_edge_strips(crop_box, [0, 0, orig_hw[1], orig_hw[0]]):
+        lo, hi = upscaler.strip_low_res(axis, start, stop)
+        n_tok = th if axis == 0 else tw
+        t0, t1 = lo // 4, min(-(-hi // 4), n_tok)
+        box = (t0, t1, 0, tw) if axis == 0 else (0, th, t0, t1)
+        out.append(EdgeStrip(axis, start, stop, box, 4 * t0))
+    used = sum((s.token_box[1] - s.token_box[0]) * (s.token_box[3] - s.token_box[2]) for s in out)
+    return out if used <= EDGE_STRIP_MAX_TOKEN_FRAC * th * tw else []
 
 
 class MaskGenerator:
@@ -138,6 +181,7 @@ class MaskGenerator:
         token_hw = (-(-nh // 4), -(-nw // 4))
         upscaler = RegionUpscaler((4 * token_hw[0], 4 * token_hw[1]), full_low, model.input_size,
                                   emb.input_hw, emb.original_hw, model.device)
+        strips = edge_strips_for_crop(crop_box, image.shape[:2], upscaler, token_hw)
         points = self.point_grids[layer] * np.array([[cw, ch]])  # (N, 2) float64, crop pixels
         cfg = self.config
         ppb = cfg.points_per_batch
@@ -150,7 +194,7 @@ class MaskGenerator:
                 pts = pts[uncovered(pts, (x0, y0), found.rles, areas,
                                     cfg.coarse_cover_area_frac * ch * cw)]
             parts += [self._process_batch(emb, ctx, token_hw, upscaler, pts[i:i + ppb], crop_box,
-                                          image.shape[:2])
+                                          image.shape[:2], strips)
                       for i in range(0, len(pts), ppb)]
         data = MaskData.cat(parts)
         if len(data):
@@ -165,14 +209,22 @@ class MaskGenerator:
         return data
 
     def _decode_survivors(self, emb: ImageEmbedding, ctx: FactoredContext, token_hw: tuple[int, int],
-                          points_xy: torch.Tensor
+                          points_xy: torch.Tensor, upscaler: RegionUpscaler | None = None,
+                          strips: list[EdgeStrip] | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decode a batch of single-point prompts; keep multimask outputs passing the IoU filter.
+
+        With ``strips`` (a crop inside the image), a mask with a pixel in a crop-edge strip is
+        dropped from the logits of the strip's few token rows or columns alone: the reference
+        drops it later anyway (box near a crop edge), whatever its stability score. Prompts
+        left without a mask skip the whole-map logits.
 
         Args:
             emb: the crop's image embedding. ctx: its :meth:`FactoredGridDecoder.prepare` context.
             token_hw: image tokens to upscale (those under the image, not the padding).
             points_xy: (B, 2) float64, xy in crop pixels.
+            upscaler: the crop's :class:`RegionUpscaler` (needed with ``strips``).
+            strips: from :func:`edge_strips_for_crop`, or None.
 
         Returns:
             low-res logits (K, 4*th, 4*tw) float32 (the top-left part of the reference's
@@ -195,9 +247,15 @@ class MaskGenerator:
             rows = keep.any(1).nonzero().flatten()
             if len(rows) == 0:
                 continue
+            k = keep[rows]
+            if strips:
+                k = k & ~self._near_crop_edge(tokens[rows], img_tokens[rows], ctx, upscaler, strips)
+                live = k.any(1).nonzero().flatten()
+                if len(live) == 0:
+                    continue
+                rows, k = rows[live], k[live]
             low = gd.predict_mask_logits(tokens[rows], img_tokens[rows], ctx.grid_hw,
                                          MULTIMASK_TOKENS, token_hw, ctx)  # (r, 3, 4th, 4tw)
-            k = keep[rows]
             lows.append(low[k])
             ious.append(iou[rows][k])
             idxs.append((rows[:, None] + s).expand(-1, 3)[k])
@@ -206,9 +264,23 @@ class MaskGenerator:
             return empty.reshape(0, 4 * token_hw[0], 4 * token_hw[1]), empty, empty.long()
         return torch.cat(lows), torch.cat(ious), torch.cat(idxs)
 
+    def _near_crop_edge(self, tokens: torch.Tensor, image_tokens, ctx: FactoredContext,
+                        upscaler: RegionUpscaler, strips: list[EdgeStrip]) -> torch.Tensor:
+        """(B, 3) bool: the multimask output has a pixel above the mask threshold in a
+        crop-edge strip (so the reference drops it); from the strips' token windows only."""
+        near = torch.zeros(tokens.shape[0], len(MULTIMASK_TOKENS), dtype=torch.bool,
+                           device=tokens.device)
+        for s in strips:
+            low = self.grid_decoder.predict_mask_logits(
+                tokens, image_tokens, ctx.grid_hw, MULTIMASK_TOKENS, ctx=ctx,
+                token_box=s.token_box)  # (B, 3, h, w)
+            near |= upscaler.strip_any_above(low.flatten(0, 1), s.first, s.axis, s.start, s.stop,
+                                             self.model.mask_threshold).view_as(near)
+        return near
+
     def _process_batch(self, emb: ImageEmbedding, ctx: FactoredContext, token_hw: tuple[int, int],
                        upscaler: RegionUpscaler, points: np.ndarray, crop_box: list[int],
-                       orig_hw: tuple[int, int]) -> MaskData:
+                       orig_hw: tuple[int, int], strips: list[EdgeStrip] | None = None) -> MaskData:
         """One batch of ``points_per_batch`` prompts -> its kept masks (RLE in the full image).
 
         Each IoU survivor is upscaled only inside the region its logits can reach
@@ -217,7 +289,7 @@ class MaskGenerator:
         model, cfg = self.model, self.config
         dev = model.device
         points_xy = torch.from_numpy(points).to(dev)
-        low, iou, idx = self._decode_survivors(emb, ctx, token_hw, points_xy)
+        low, iou, idx = self._decode_survivors(emb, ctx, token_hw, points_xy, upscaler, strips)
         oh, ow = orig_hw
         cx0, cy0 = crop_box[0], crop_box[1]
         thr, off, s_thr = model.mask_threshold, cfg.stability_score_offset, cfg.stability_score_thresh

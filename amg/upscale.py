@@ -141,6 +141,44 @@ class RegionUpscaler:
         stability = float(np.float32(inter) / np.float32(union)) if union else float("nan")
         return UpscaledMask(stability, mask, y0, x0)
 
+    def strip_low_res(self, axis: int, start: int, stop: int) -> tuple[int, int]:
+        """Low-res range ``[lo, hi)`` along ``axis`` (0 rows, 1 columns) that output
+        indices ``[start, stop)`` read; ``0 <= start < stop <= out_hw[axis]``."""
+        lo, hi = (self.r_lo, self.r_hi) if axis == 0 else (self.c_lo, self.c_hi)
+        return int(lo[start]), int(hi[stop - 1])
+
+    def strip_any_above(self, low: torch.Tensor, first: int, axis: int, start: int, stop: int,
+                        threshold: float) -> torch.Tensor:
+        """Whether each map has an upscaled value above ``threshold`` in an output strip.
+
+        Args:
+            low: (K, h, w) float32 low-res logits: every low-res row (``h`` = ``low_hw[0]``)
+                and the columns ``[first, first + w)`` for a column strip (``axis`` 1), or
+                every column and the rows ``[first, first + h)`` for a row strip (``axis`` 0);
+                they must cover :meth:`strip_low_res` of the strip.
+            first: the low-res index of ``low``'s first row/column along ``axis``.
+            axis, start, stop: the strip, output columns (1) or rows (0) ``[start, stop)``
+                across the whole other axis.
+            threshold: the mask threshold.
+
+        Returns:
+            (K,) bool: some pixel of the strip is above ``threshold``; the values are those of
+            :meth:`upscale` (same products, up to float rounding order).
+        """
+        k, h, w = low.shape
+        oh, ow = self.out_hw
+        if axis == 1:
+            x = low.permute(2, 0, 1).reshape(w, k * h)  # low-res columns first
+            tmp = self.ax_bands.rows(start, stop, x, first)  # (n, K*h)
+            tmp = tmp.view(stop - start, k, h).permute(2, 1, 0).reshape(h, -1)  # (h, K*n)
+            region = self.ay_bands.rows(0, oh, tmp, 0)  # (oh, K*n)
+            return (region > threshold).view(oh, k, -1).any(2).any(0)
+        x = low.permute(2, 0, 1).reshape(w, k * h)
+        tmp = self.ax_bands.rows(0, ow, x, 0)  # (ow, K*h)
+        tmp = tmp.view(ow, k, h).permute(2, 1, 0).reshape(h, -1)  # (h, K*ow)
+        region = self.ay_bands.rows(start, stop, tmp, first)  # (n, K*ow)
+        return (region > threshold).view(stop - start, k, ow).any(2).any(0)
+
 
 # Output indices per block of :class:`BandedRows`: with ~3-9 output pixels per low-res
 # index, a block of 64 reads ~10-25 low-res indices instead of all of them.

@@ -521,7 +521,8 @@ class FactoredGridDecoder(GridDecoder):
     def predict_mask_logits(self, tokens: torch.Tensor, image_tokens: FactoredImageTokens,
                             grid_hw: tuple[int, int], mask_index: list[int],
                             token_hw: tuple[int, int] | None = None,
-                            ctx: FactoredContext | None = None) -> torch.Tensor:
+                            ctx: FactoredContext | None = None,
+                            token_box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
         """Low-resolution logits for the chosen mask tokens from factored image tokens.
 
         The first transposed convolution is linear per token, so on form (*) it is
@@ -533,27 +534,38 @@ class FactoredGridDecoder(GridDecoder):
             grid_hw: (h, w). mask_index: mask tokens to decode.
             token_hw: decode only the top-left (th, tw) tokens. Default: all.
             ctx: the context the tokens came from (for ``conv1_base``).
+            token_box: decode only tokens ``[y0, y1) x [x0, x1)`` (overrides ``token_hw``);
+                every output pixel depends on one token only (both transposed convolutions
+                have kernel = stride), so these are the logits of low-res pixels
+                ``[4*y0, 4*y1) x [4*x0, 4*x1)`` of the full map.
 
         Returns:
-            (B, M, 4*th, 4*tw) float32 logits (computed in ``self.dtype``).
+            (B, M, 4*th, 4*tw) float32 logits (computed in ``self.dtype``); th, tw the
+            window's size.
 
         Raises:
-            ValueError: ``ctx`` is missing.
+            ValueError: ``ctx`` is missing, or ``token_box`` is not inside the grid.
         """
         if ctx is None:
             raise ValueError("FactoredGridDecoder.predict_mask_logits needs the image's ctx")
-        b = len(image_tokens)
         gh, gw = grid_hw
-        th, tw = token_hw or grid_hw
+        if token_box is None:
+            th, tw = token_hw or grid_hw
+            token_box = (0, th, 0, tw)
+        y0, y1, x0, x1 = token_box
+        if not (0 <= y0 < y1 <= gh and 0 <= x0 < x1 <= gw):
+            raise ValueError(f"token_box {token_box} is not inside the {grid_hw} token grid")
+        th, tw = y1 - y0, x1 - x0
+        b = len(image_tokens)
         weights = self.dec.hypernetwork_weights(tokens, mask_index)  # (B, M, c2)
         m = len(mask_index)
         r = image_tokens.coef.shape[1]
         out = torch.empty(b, m, 4 * th, 4 * tw, dtype=weights.dtype, device=weights.device)
-        base = ctx.conv1_base.view(gh, gw, -1)[:th, :tw].reshape(th * tw, -1)
+        base = ctx.conv1_base.view(gh, gw, -1)[y0:y1, x0:x1].reshape(th * tw, -1)
         rows_w1 = torch.matmul(image_tokens.rows, self.w1)  # (B, r, 4*c1)
         for i in range(b):
-            coef = image_tokens.coef[i].view(r, gh, gw)[:, :th, :tw].reshape(r, th * tw)
-            a = image_tokens.scale[i].view(gh, gw)[:th, :tw].reshape(th * tw, 1)
+            coef = image_tokens.coef[i].view(r, gh, gw)[:, y0:y1, x0:x1].reshape(r, th * tw)
+            a = image_tokens.scale[i].view(gh, gw)[y0:y1, x0:x1].reshape(th * tw, 1)
             # (th*tw, 4*c1): b1 + a * base first, then the product accumulated into it
             f = torch.addcmul(self.b1, a, base, out=self._workspace("f1", th * tw, rows_w1.shape[2],
                                                                     rows_w1))

@@ -59,9 +59,11 @@ def decoded(mobile_sam):
         f_part = torch.cat([fd.predict_mask_logits(t, i[[0, 2]], fctx.grid_hw, [3, 1], (64, 48),
                                                    fctx) for t, i in [(fout[0][0][[0, 2]],
                                                                        fout[0][1])]])
+        f_window = fd.predict_mask_logits(fout[0][0], fout[0][1], fctx.grid_hw, [1, 2, 3],
+                                          ctx=fctx, token_box=(10, 64, 61, 64))
         f_subset, f_img = fd.run_transformer(fctx, sparse, final_tokens=[0, 2, 3, 4])
         factored = dict(tokens=f_tokens, img=torch.cat([i.materialize() for _, i in fout]),
-                        low=f_low, part=f_part, subset=f_subset, subset_img=f_img.materialize(),
+                        low=f_low, part=f_part, window=f_window, subset=f_subset, subset_img=f_img.materialize(),
                         iou=dec.predict_iou(f_tokens), decoder=fd)
     return dict(tokens=(tokens, tokens2), img=(img_tokens, img_tokens2), low=(low, low2),
                 iou=(iou, iou2), low_part=low_part, subset=subset, tiled=tiled,
@@ -138,6 +140,18 @@ def test_factored_decoder_final_token_subset_and_token_region(decoded):
     torch.testing.assert_close(part, f["low"][[0, 2]][:, [2, 0], :, :192], rtol=0, atol=1e-4)
 
 
+def test_factored_decoder_token_box_is_that_window_of_the_full_map(decoded):
+    """Logits of a token window (rows 10-63, the last 3 columns: a crop-edge strip) are the
+    same low-res pixels of the whole map: each pixel depends on its token only."""
+    f = decoded["factored"]
+    window = f["window"]
+    assert window.shape == (5, 3, 4 * 54, 12)
+    torch.testing.assert_close(window, f["low"][:5, :, 40:256, 244:256], rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="token_box"):
+        f["decoder"].predict_mask_logits(f["tokens"][:1], None, (64, 64), [1], ctx=object(),
+                                         token_box=(0, 65, 0, 3))
+
+
 def test_factored_decoder_needs_the_context(decoded):
     fd = decoded["factored"]["decoder"]
     tokens = decoded["factored"]["tokens"][:1]
@@ -205,6 +219,37 @@ def test_region_upscaler_matches_full_upscale(input_hw, out_hw, seed):
         if not flips.any():
             assert rle == masks_to_rle((full > 0)[None])[0]
             assert box.tolist() == box_ref.tolist()
+
+
+@pytest.mark.parametrize("input_hw, out_hw", GEOMETRIES[:3])
+def test_region_upscaler_strip_test_matches_the_full_mask(input_hw, out_hw):
+    """``strip_any_above`` on a strip's token window says whether the full-size mask has a
+    pixel in that strip (21 columns or rows at each end, and one in the middle)."""
+    g = torch.Generator().manual_seed(3)
+    nlow = RegionUpscaler.needed_low_res(256, 1024, input_hw, out_hw)
+    lh, lw = 4 * -(-nlow[0] // 4), 4 * -(-nlow[1] // 4)
+    up = RegionUpscaler((lh, lw), 256, 1024, input_hw, out_hw, torch.device("cpu"))
+    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    lows = []
+    for _ in range(24):  # blobs of every size, anywhere: some reach a strip, some do not
+        cy, cx, sd = (torch.rand(3, generator=g) * torch.tensor([nlow[0], nlow[1], 30.0])).tolist()
+        lows.append(-8 + 14 * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (sd + 1) ** 2)))
+    low = torch.stack(lows)  # (K, 256, 256)
+    full = upscale_mask_logits(low[:, None], 1024, input_hw, out_hw)[:, 0] > 0  # (K, H, W)
+    h, w = out_hw
+    hits = 0
+    for axis, size in ((1, w), (0, h)):
+        for start, stop in ((0, 21), (size - 21, size), (size // 2, size // 2 + 5)):
+            lo, hi = up.strip_low_res(axis, start, stop)
+            t0, t1 = lo // 4, -(-hi // 4)
+            if axis == 1:
+                window, want = low[:, :lh, 4 * t0:4 * t1], full[:, :, start:stop].flatten(1).any(1)
+            else:
+                window, want = low[:, 4 * t0:4 * t1, :lw], full[:, start:stop, :].flatten(1).any(1)
+            got = up.strip_any_above(window.contiguous(), 4 * t0, axis, start, stop, 0.0)
+            assert got.tolist() == want.tolist()
+            hits += int(want.sum())
+    assert 0 < hits < 24 * 6  # both answers occur
 
 
 def rle_decode(rle: dict) -> np.ndarray:
@@ -358,3 +403,24 @@ def test_auto_compute_dtype_follows_the_hardware(mobile_sam):
     assert has_native_bfloat16("meta") is False
     with pytest.raises(ValueError, match="compute_dtype"):
         resolve_compute_dtype("float16", cpu)
+
+
+def test_generator_crop_edge_strips_change_nothing(mobile_sam, monkeypatch):
+    """Crop-layer masks that reach a crop-edge strip are dropped before their whole-map
+    logits (amg.generator.EdgeStrip); the output equals the run without that shortcut
+    (picture1.jpg, one crop layer, 8 x 8 grid), and the shortcut does drop masks there."""
+    import amg.generator as gen_mod
+    from amg import MaskGenerator
+    image = read_photo("picture1.jpg")
+    gen = MaskGenerator(mobile_sam, points_per_side=8, crop_n_layers=1, output_mode="coco_rle")
+    calls = []
+    near = gen._near_crop_edge
+    monkeypatch.setattr(gen, "_near_crop_edge", lambda *a: calls.append(near(*a)) or calls[-1])
+    with_strips = gen.generate(image)
+    assert sum(int(c.sum()) for c in calls) > 10  # masks were dropped from the strips
+    monkeypatch.setattr(gen_mod, "EDGE_STRIP_MAX_TOKEN_FRAC", -1.0)  # no strips
+    n_calls = len(calls)
+    without = gen.generate(image)
+    assert len(calls) == n_calls
+    assert len(with_strips) >= 20
+    assert with_strips == without

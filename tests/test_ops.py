@@ -16,6 +16,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from amg.crops import (
+    crop_edge_strips,
     generate_crop_boxes,
     is_box_near_crop_edge,
     uncrop_boxes_xyxy,
@@ -330,6 +331,50 @@ def test_is_box_near_crop_edge_vs_slow(seed, device):
     for crop in ([0, 0, 200, 150], [50, 40, 170, 150], [100, 0, 200, 120]):
         got = is_box_near_crop_edge(boxes.to(device), crop, [0, 0, 200, 150], atol=10.0)
         assert got.tolist() == slow_near_edge(boxes, crop, [0, 0, 200, 150], 10.0)
+
+
+def test_crop_edge_strips_by_hand():
+    # a crop inside the image: 21 columns/rows at each edge (atol 20)
+    assert crop_edge_strips([100, 100, 200, 200], [0, 0, 300, 300]) == [
+        (1, 0, 21), (1, 80, 100), (0, 0, 21), (0, 80, 100)]
+    # edges shared with the image give none
+    assert crop_edge_strips([0, 0, 200, 150], [0, 0, 200, 150]) == []
+    assert crop_edge_strips([100, 0, 200, 120], [0, 0, 200, 150]) == [(1, 0, 21), (0, 100, 120)]
+    # right edge at 181 of a 200-wide image: a box right edge of 180 is within 20 of the
+    # image edge too, so not every pixel of a strip would flag the box: no strip. At 180: strip.
+    assert crop_edge_strips([0, 0, 181, 150], [0, 0, 200, 150]) == []
+    assert crop_edge_strips([0, 0, 180, 150], [0, 0, 200, 150]) == [(1, 160, 180)]
+    # left edge at 20 is within atol of the image edge; at 21 it is not
+    assert crop_edge_strips([20, 0, 200, 150], [0, 0, 200, 150]) == []
+    assert crop_edge_strips([21, 0, 200, 150], [0, 0, 200, 150]) == [(1, 0, 21)]
+    assert crop_edge_strips([50, 0, 60, 150], [0, 0, 200, 150], atol=4.5) == [(1, 0, 5), (1, 6, 10)]
+    with pytest.raises(ValueError, match="atol"):
+        crop_edge_strips([50, 0, 60, 150], [0, 0, 200, 150], atol=-1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_crop_edge_strips_flag_every_mask_with_a_pixel_there(seed):
+    """Any mask with a pixel in a strip has its box flagged by is_box_near_crop_edge (random
+    crops of small images, so edges near the image border occur; the strips' exact widths are
+    checked by hand above)."""
+    rng = np.random.default_rng(seed)
+    checked = 0
+    for _ in range(60):
+        w, h = (int(v) for v in rng.integers(20, 160, 2))
+        x0, y0 = int(rng.integers(0, w - 8)), int(rng.integers(0, h - 8))
+        x1, y1 = int(rng.integers(x0 + 8, w + 1)), int(rng.integers(y0 + 8, h + 1))
+        crop, orig = [x0, y0, x1, y1], [0, 0, w, h]
+        atol = float(rng.choice([0.0, 3.0, 7.5, 20.0]))
+        strips = crop_edge_strips(crop, orig, atol)
+        masks = torch.from_numpy(rng.random((40, y1 - y0, x1 - x0)) < rng.random((40, 1, 1)) * 0.02)
+        boxes = masks_to_boxes_xyxy(masks)
+        flagged = is_box_near_crop_edge(boxes, crop, orig, atol)
+        for m, f in zip(masks, flagged.tolist()):
+            in_strip = any((m[:, a:b] if axis == 1 else m[a:b, :]).any() for axis, a, b in strips)
+            if in_strip:
+                assert f
+                checked += 1
+    assert checked > 100
 
 
 @pytest.mark.parity
