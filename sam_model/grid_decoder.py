@@ -72,6 +72,11 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(-1, (heads, x.shape[-1] // heads))
 
 
+# Buffer sizes kept per workspace name (see GridDecoder._workspace): the whole map of the
+# full-image crop, that of the crop-layer crops, and two crop-edge strip shapes.
+WORKSPACE_SIZES = 4
+
+
 class GridDecoder:
     """Exact fast decoding of prompt batches on one image (see module docstring).
 
@@ -390,15 +395,15 @@ class GridDecoder:
         reused while the size is the same. Writing the upscaling's large intermediates (8 MB
         per prompt on a 64 x 64 grid) into memory that is already mapped and warm instead of
         fresh allocations made the mask logits ~15% faster on a 2-core CPU (5.2 -> 4.35 ms per
-        prompt, float32, square crop). The last two sizes per name are kept (whole maps and
-        the generator's crop-edge strips alternate). Not thread-safe: use one decoder per
-        thread."""
+        prompt, float32, square crop). The last ``WORKSPACE_SIZES`` sizes per name are kept
+        (whole maps and the generator's crop-edge strips of two shapes alternate). Not
+        thread-safe: use one decoder per thread."""
         key = (name, rows, cols, like.dtype, like.device)
         buf = self._work.pop(key, None)
         if buf is None:
             buf = like.new_empty(rows, cols)
             stale = [k for k in self._work if k[0] == name]
-            for k in stale[:-1]:  # keep one other size of this name
+            for k in stale[:len(stale) - (WORKSPACE_SIZES - 1)]:  # least recently used first
                 del self._work[k]
         self._work[key] = buf  # most recently used last
         return buf
