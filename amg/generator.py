@@ -248,14 +248,18 @@ class MaskGenerator:
             if len(rows) == 0:
                 continue
             k = keep[rows]
+            tok, img = tokens[rows], img_tokens[rows]
+            inputs = gd.mask_inputs(tok, img, MULTIMASK_TOKENS)  # shared by strips and maps
             if strips:
-                k = k & ~self._near_crop_edge(tokens[rows], img_tokens[rows], ctx, upscaler, strips)
+                k = k & ~self._near_crop_edge(tok, img, inputs, ctx, upscaler, strips, k)
                 live = k.any(1).nonzero().flatten()
                 if len(live) == 0:
                     continue
-                rows, k = rows[live], k[live]
-            low = gd.predict_mask_logits(tokens[rows], img_tokens[rows], ctx.grid_hw,
-                                         MULTIMASK_TOKENS, token_hw, ctx)  # (r, 3, 4th, 4tw)
+                if len(live) < len(rows):
+                    rows, k, tok, img = rows[live], k[live], tok[live], img[live]
+                    inputs = tuple(x[live] for x in inputs)
+            low = gd.predict_mask_logits(tok, img, ctx.grid_hw, MULTIMASK_TOKENS, token_hw, ctx,
+                                         weights=inputs[0], rows_w1=inputs[1])  # (r, 3, 4th, 4tw)
             lows.append(low[k])
             ious.append(iou[rows][k])
             idxs.append((rows[:, None] + s).expand(-1, 3)[k])
@@ -264,18 +268,31 @@ class MaskGenerator:
             return empty.reshape(0, 4 * token_hw[0], 4 * token_hw[1]), empty, empty.long()
         return torch.cat(lows), torch.cat(ious), torch.cat(idxs)
 
-    def _near_crop_edge(self, tokens: torch.Tensor, image_tokens, ctx: FactoredContext,
-                        upscaler: RegionUpscaler, strips: list[EdgeStrip]) -> torch.Tensor:
+    def _near_crop_edge(self, tokens: torch.Tensor, image_tokens, inputs: tuple,
+                        ctx: FactoredContext, upscaler: RegionUpscaler, strips: list[EdgeStrip],
+                        wanted: torch.Tensor) -> torch.Tensor:
         """(B, 3) bool: the multimask output has a pixel above the mask threshold in a
-        crop-edge strip (so the reference drops it); from the strips' token windows only."""
-        near = torch.zeros(tokens.shape[0], len(MULTIMASK_TOKENS), dtype=torch.bool,
-                           device=tokens.device)
+        crop-edge strip (so the reference drops it); from the strips' token windows only.
+
+        ``inputs`` is ``FactoredGridDecoder.mask_inputs`` of the B prompts. ``wanted`` (B, 3)
+        bool marks the masks that matter (the IoU survivors): a prompt whose wanted masks are
+        all near an edge already is not decoded for the next strips (its other entries may
+        then stay False)."""
+        near = torch.zeros_like(wanted)
+        todo = torch.arange(len(wanted), device=wanted.device)
         for s in strips:
+            every = len(todo) == len(wanted)  # no copies then
+            tok, img = (tokens, image_tokens) if every else (tokens[todo], image_tokens[todo])
+            weights, rows_w1 = inputs if every else (inputs[0][todo], inputs[1][todo])
             low = self.grid_decoder.predict_mask_logits(
-                tokens, image_tokens, ctx.grid_hw, MULTIMASK_TOKENS, ctx=ctx,
-                token_box=s.token_box)  # (B, 3, h, w)
-            near |= upscaler.strip_any_above(low.flatten(0, 1), s.first, s.axis, s.start, s.stop,
-                                             self.model.mask_threshold).view_as(near)
+                tok, img, ctx.grid_hw, MULTIMASK_TOKENS, ctx=ctx, token_box=s.token_box,
+                weights=weights, rows_w1=rows_w1)  # (b, 3, h, w)
+            near[todo] |= upscaler.strip_any_above(
+                low.flatten(0, 1), s.first, s.axis, s.start, s.stop,
+                self.model.mask_threshold).view(len(todo), -1)
+            todo = (wanted & ~near).any(1).nonzero().flatten()
+            if len(todo) == 0:
+                break
         return near
 
     def _process_batch(self, emb: ImageEmbedding, ctx: FactoredContext, token_hw: tuple[int, int],

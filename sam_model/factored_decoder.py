@@ -176,6 +176,11 @@ def _quadratic_form(gram: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     return quad.add_(y2.sum(1))
 
 
+# Token windows up to this size (the generator's crop-edge strips) are decoded for all prompts
+# in one pass; whole maps prompt by prompt, whose intermediates then stay in cache.
+BATCHED_WINDOW_TOKENS = 512
+
+
 class FactoredGridDecoder(GridDecoder):
     """Exact decoding of prompt batches on one image with image tokens in form (*) (see the
     module docstring). Same interface as :class:`~sam_model.grid_decoder.GridDecoder`, except
@@ -522,7 +527,9 @@ class FactoredGridDecoder(GridDecoder):
                             grid_hw: tuple[int, int], mask_index: list[int],
                             token_hw: tuple[int, int] | None = None,
                             ctx: FactoredContext | None = None,
-                            token_box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+                            token_box: tuple[int, int, int, int] | None = None,
+                            weights: torch.Tensor | None = None,
+                            rows_w1: torch.Tensor | None = None) -> torch.Tensor:
         """Low-resolution logits for the chosen mask tokens from factored image tokens.
 
         The first transposed convolution is linear per token, so on form (*) it is
@@ -538,6 +545,8 @@ class FactoredGridDecoder(GridDecoder):
                 every output pixel depends on one token only (both transposed convolutions
                 have kernel = stride), so these are the logits of low-res pixels
                 ``[4*y0, 4*y1) x [4*x0, 4*x1)`` of the full map.
+            weights, rows_w1: :meth:`mask_inputs` of these tokens, when the caller decodes
+                several windows of the same prompts (computed here when None).
 
         Returns:
             (B, M, 4*th, 4*tw) float32 logits (computed in ``self.dtype``); th, tw the
@@ -557,12 +566,15 @@ class FactoredGridDecoder(GridDecoder):
             raise ValueError(f"token_box {token_box} is not inside the {grid_hw} token grid")
         th, tw = y1 - y0, x1 - x0
         b = len(image_tokens)
-        weights = self.dec.hypernetwork_weights(tokens, mask_index)  # (B, M, c2)
+        if weights is None or rows_w1 is None:
+            weights, rows_w1 = self.mask_inputs(tokens, image_tokens, mask_index)
         m = len(mask_index)
         r = image_tokens.coef.shape[1]
         out = torch.empty(b, m, 4 * th, 4 * tw, dtype=weights.dtype, device=weights.device)
         base = ctx.conv1_base.view(gh, gw, -1)[y0:y1, x0:x1].reshape(th * tw, -1)
-        rows_w1 = torch.matmul(image_tokens.rows, self.w1)  # (B, r, 4*c1)
+        if th * tw <= BATCHED_WINDOW_TOKENS:
+            return self._window_logits_batched(image_tokens, rows_w1, base, weights, token_box,
+                                               grid_hw).view(b, m, 4 * th, 4 * tw).float()
         for i in range(b):
             coef = image_tokens.coef[i].view(r, gh, gw)[:, y0:y1, x0:x1].reshape(r, th * tw)
             a = image_tokens.scale[i].view(gh, gw)[y0:y1, x0:x1].reshape(th * tw, 1)
@@ -572,6 +584,50 @@ class FactoredGridDecoder(GridDecoder):
             f.addmm_(coef.T, rows_w1[i])
             self._logits_from_conv1(f, weights[i], th, tw, out[i])
         return out.float()
+
+    def mask_inputs(self, tokens: torch.Tensor, image_tokens: FactoredImageTokens,
+                    mask_index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-prompt inputs of :meth:`predict_mask_logits` that do not depend on the
+        token window: the hypernetwork weights (B, M, c2) of the chosen mask tokens, and the
+        rows of form (*) through the first transposed convolution, ``rows @ w1``
+        (B, r, 4*c1); both in ``self.dtype``.
+
+        Args:
+            tokens: (B, Nt, C). image_tokens: :class:`FactoredImageTokens` of B prompts.
+            mask_index: mask tokens to decode.
+        """
+        weights = self.dec.hypernetwork_weights(tokens, mask_index)  # (B, M, c2)
+        return weights, torch.matmul(image_tokens.rows, self.w1)
+
+    def _window_logits_batched(self, image_tokens: FactoredImageTokens, rows_w1: torch.Tensor,
+                               base: torch.Tensor, weights: torch.Tensor,
+                               token_box: tuple[int, int, int, int], grid_hw: tuple[int, int]
+                               ) -> torch.Tensor:
+        """:meth:`predict_mask_logits` of a small token window for all prompts at once (a few
+        large operations instead of ~9 small ones per prompt: the crop-edge strips).
+
+        Args:
+            image_tokens: B prompts. rows_w1: (B, r, 4*c1) their rows times ``w1``.
+            base: (n, 4*c1) ``conv1_base`` of the window's n tokens. weights: (B, M, c2).
+            token_box, grid_hw: as in :meth:`predict_mask_logits`.
+
+        Returns:
+            (B, M * 16 * n) logits in ``self.dtype``, (mask, row-major low-res pixel) order.
+        """
+        gh, gw = grid_hw
+        y0, y1, x0, x1 = token_box
+        th, tw = y1 - y0, x1 - x0
+        b, r = image_tokens.coef.shape[:2]
+        m = weights.shape[1]
+        coef = image_tokens.coef.view(b, r, gh, gw)[:, :, y0:y1, x0:x1].reshape(b, r, th * tw)
+        a = image_tokens.scale.view(b, gh, gw)[:, y0:y1, x0:x1].reshape(b, th * tw, 1)
+        f = torch.baddbmm(torch.addcmul(self.b1, a, base), coef.transpose(1, 2), rows_w1)
+        g = F.layer_norm(f.view(-1, self.c1), (self.c1,), self.ln_w, self.ln_b, self.ln_eps)
+        torch.ops.aten.gelu_(g)
+        f2 = torch.addmm(self.b2, g, self.w2)  # (B*n*4, 4*c2)
+        torch.ops.aten.gelu_(f2)
+        res = torch.bmm(f2.view(b, -1, self.c2), weights.transpose(1, 2))  # (B, 16n, M)
+        return res.view(b, -1)[:, self._logit_order(th, tw, m, res.device)]
 
     def predict_iou(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, Nt, C) tokens -> predicted IoU (B, 4) float32 for all mask tokens."""

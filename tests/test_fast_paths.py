@@ -61,9 +61,16 @@ def decoded(mobile_sam):
                                                                        fout[0][1])]])
         f_window = fd.predict_mask_logits(fout[0][0], fout[0][1], fctx.grid_hw, [1, 2, 3],
                                           ctx=fctx, token_box=(10, 64, 61, 64))
+        w, rw = fd.mask_inputs(fout[0][0], fout[0][1], [1, 2, 3])
+        f_window_given = fd.predict_mask_logits(fout[0][0], fout[0][1], fctx.grid_hw, [1, 2, 3],
+                                                ctx=fctx, token_box=(10, 64, 61, 64), weights=w,
+                                                rows_w1=rw)
+        f_low_given = fd.predict_mask_logits(fout[0][0], fout[0][1], fctx.grid_hw, [1, 2, 3],
+                                             ctx=fctx, weights=w, rows_w1=rw)
         f_subset, f_img = fd.run_transformer(fctx, sparse, final_tokens=[0, 2, 3, 4])
         factored = dict(tokens=f_tokens, img=torch.cat([i.materialize() for _, i in fout]),
-                        low=f_low, part=f_part, window=f_window, subset=f_subset, subset_img=f_img.materialize(),
+                        low=f_low, part=f_part, window=f_window, window_given=f_window_given,
+                        low_given=f_low_given, subset=f_subset, subset_img=f_img.materialize(),
                         iou=dec.predict_iou(f_tokens), decoder=fd)
     return dict(tokens=(tokens, tokens2), img=(img_tokens, img_tokens2), low=(low, low2),
                 iou=(iou, iou2), low_part=low_part, subset=subset, tiled=tiled,
@@ -141,12 +148,16 @@ def test_factored_decoder_final_token_subset_and_token_region(decoded):
 
 
 def test_factored_decoder_token_box_is_that_window_of_the_full_map(decoded):
-    """Logits of a token window (rows 10-63, the last 3 columns: a crop-edge strip) are the
-    same low-res pixels of the whole map: each pixel depends on its token only."""
+    """Logits of a token window (rows 10-63, the last 3 columns: a crop-edge strip, decoded
+    for all prompts at once) are the same low-res pixels of the whole map: each pixel depends
+    on its token only."""
     f = decoded["factored"]
     window = f["window"]
     assert window.shape == (5, 3, 4 * 54, 12)
     torch.testing.assert_close(window, f["low"][:5, :, 40:256, 244:256], rtol=0, atol=1e-4)
+    # the window-independent inputs computed once by the caller: the same numbers
+    assert torch.equal(f["window_given"], window)
+    assert torch.equal(f["low_given"], f["low"][:5])
     with pytest.raises(ValueError, match="token_box"):
         f["decoder"].predict_mask_logits(f["tokens"][:1], None, (64, 64), [1], ctx=object(),
                                          token_box=(0, 65, 0, 3))
