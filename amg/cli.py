@@ -29,7 +29,8 @@ FLAG_TYPES = {
     "crop_n_layers": int, "crop_nms_thresh": float, "crop_overlap_ratio": float,
     "crop_n_points_downscale_factor": int, "min_mask_region_area": int,
     "decoder_chunk_size": int, "input_size": int, "compute_dtype": str, "max_masks": int,
-    "nested_mask_penalty": float,
+    "nested_mask_penalty": float, "reserve_pred_iou_thresh": float,
+    "reserve_stability_score_thresh": float, "refine_crop_n_layers": int,
 }
 
 
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, typ in FLAG_TYPES.items():
         amg.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
                          metavar=typ.__name__.upper())
+    amg.add_argument("--fill-holes", dest="fill_holes", action=argparse.BooleanOptionalAction,
+                     default=None, help="fill every hole of each kept mask (not in the reference)")
     return p
 
 
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (0 all images done, 1 some failed, 2 usage,
     130 interrupted)."""
     args = build_parser().parse_args(argv)
-    overrides = {k: getattr(args, k) for k in FLAG_TYPES if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in (*FLAG_TYPES, "fill_holes") if getattr(args, k) is not None}
     from .runner import RunLocked, RunMismatch, RunOptions, run_dataset
 
     try:

@@ -73,6 +73,20 @@ class AMGConfig:
             generator's order. ``None`` (default) keeps every mask, as the reference.
         nested_mask_penalty: not in the reference; >= 0. See ``max_masks`` (used only when an
             image has more than ``max_masks`` masks). 0 (default) ranks by predicted IoU alone.
+        reserve_pred_iou_thresh: not in the reference; in [0, 1] or ``None`` (default, off).
+            With ``reserve_stability_score_thresh`` (both or neither) and ``max_masks``: masks
+            that fail the main filters but pass these looser ones are *reserve* masks. They
+            never displace a main mask (box NMS and the budget rank every main mask first)
+            and only fill the places left below ``max_masks`` (:func:`amg.ranking.rank_masks`).
+        reserve_stability_score_thresh: see ``reserve_pred_iou_thresh``; in [0, 1] or ``None``.
+        refine_crop_n_layers: not in the reference; >= 0. With n >= 1 each kept mask is decoded
+            once more in a zoomed crop of crop layers 1..n (the deepest crop that holds its box
+            with a margin), prompted by its box and its grid point (single-mask output), and
+            replaced when the new mask agrees with it (mask IoU >= 0.7) and has a predicted IoU
+            at least as high (:mod:`amg.refine`). 0 (default) refines nothing.
+        fill_holes: not in the reference. Fill every hole of each kept mask (a background
+            region that does not reach the image border) as the last step
+            (:func:`amg.regions.fill_holes`). False (default) keeps SAM's masks as they are.
     """
 
     points_per_side: int | None = 32
@@ -95,6 +109,10 @@ class AMGConfig:
     compute_dtype: str = "float32"
     max_masks: int | None = None
     nested_mask_penalty: float = 0.0
+    reserve_pred_iou_thresh: float | None = None
+    reserve_stability_score_thresh: float | None = None
+    refine_crop_n_layers: int = 0
+    fill_holes: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -130,7 +148,7 @@ class AMGConfig:
             if name == "decoder_chunk_size" and v is None:
                 continue
             need(_is_int(v) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
-        for name in ("crop_n_layers", "min_mask_region_area"):
+        for name in ("crop_n_layers", "min_mask_region_area", "refine_crop_n_layers"):
             v = getattr(self, name)
             need(_is_int(v) and v >= 0, f"{name} must be an integer >= 0, got {v!r}")
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
@@ -151,6 +169,17 @@ class AMGConfig:
                  f"max_masks must be an integer >= 1 (or None), got {self.max_masks!r}")
         need(_is_num(self.nested_mask_penalty) and self.nested_mask_penalty >= 0,
              f"nested_mask_penalty must be >= 0, got {self.nested_mask_penalty!r}")
+        reserve = (self.reserve_pred_iou_thresh, self.reserve_stability_score_thresh)
+        need((reserve[0] is None) == (reserve[1] is None),
+             "reserve_pred_iou_thresh and reserve_stability_score_thresh go together: "
+             f"got {reserve[0]!r} and {reserve[1]!r}")
+        if reserve[0] is not None:
+            for name, v in zip(("reserve_pred_iou_thresh", "reserve_stability_score_thresh"), reserve):
+                need(_is_num(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1] (or None), got {v!r}")
+            need(self.max_masks is not None,
+                 "reserve masks only fill places left in a budget: set max_masks with "
+                 "reserve_pred_iou_thresh / reserve_stability_score_thresh")
+        need(isinstance(self.fill_holes, bool), f"fill_holes must be true or false, got {self.fill_holes!r}")
         need(self.compute_dtype in COMPUTE_DTYPES,
              f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         need(self.output_mode in OUTPUT_MODES,

@@ -42,6 +42,7 @@ from .grid import build_all_layer_point_grids
 from .mask_data import MaskData
 from .records import mask_data_to_records
 from .ranking import rank_masks
+from .refine import fill_mask_holes, refine_in_crops
 from .regions import clean_small_regions
 from .rle import area_from_rle, rle_to_mask
 from .upscale import RegionUpscaler, region_box_xyxy, region_to_rle
@@ -150,6 +151,7 @@ class MaskGenerator:
         if len(crop_boxes) > 1 and len(data):
             # Prefer masks from smaller crops (reference: score = 1 / crop area).
             scores = 1.0 / box_area(data.crop_boxes_xyxy.float())
+            scores = scores + (~data.reserve).to(scores.dtype)  # main masks before reserve ones
             keep = batched_nms(data.boxes_xyxy.float(), scores,
                                torch.zeros_like(scores, dtype=torch.int64), cfg.crop_nms_thresh)
             data = data.filter(keep)
@@ -160,8 +162,14 @@ class MaskGenerator:
         if cfg.max_masks is not None and len(data) > cfg.max_masks:
             # Not in the reference: a per-image budget, the most object-like masks first.
             keep = rank_masks(data.rles, data.predicted_iou, [area_from_rle(r) for r in data.rles],
-                              cfg.max_masks, cfg.nested_mask_penalty)
+                              cfg.max_masks, cfg.nested_mask_penalty, data.reserve)
             data = data.filter(keep)
+        if cfg.refine_crop_n_layers > 0 and len(data):
+            data = refine_in_crops(self.model, image, data, cfg.refine_crop_n_layers,
+                                   cfg.crop_overlap_ratio, self.compute_dtype,
+                                   cfg.stability_score_offset).to("cpu")
+        if cfg.fill_holes and len(data):
+            data = fill_mask_holes(data)
         return data
 
     # ------------------------------------------------------------------ steps
@@ -198,7 +206,10 @@ class MaskGenerator:
                       for i in range(0, len(pts), ppb)]
         data = MaskData.cat(parts)
         if len(data):
-            keep = batched_nms(data.boxes_xyxy.float(), data.predicted_iou,
+            # Reserve masks (AMGConfig.reserve_pred_iou_thresh) never suppress a main mask.
+            scores = data.predicted_iou + 2.0 * (~data.reserve).to(data.predicted_iou.dtype) \
+                if bool(data.reserve.any()) else data.predicted_iou
+            keep = batched_nms(data.boxes_xyxy.float(), scores,
                                torch.zeros_like(data.predicted_iou, dtype=torch.int64),
                                self.config.box_nms_thresh)
             data = data.filter(keep)
@@ -242,8 +253,8 @@ class MaskGenerator:
         for s in range(0, n, step):
             tokens, img_tokens = gd.run_transformer(ctx, sparse[s:s + step], FINAL_TOKENS)
             iou = gd.predict_iou(tokens)[:, MULTIMASK_TOKENS]  # (b, 3)
-            keep = iou > cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 \
-                else torch.ones_like(iou, dtype=torch.bool)
+            iou_thresh = self._filter_thresholds()[0]
+            keep = iou > iou_thresh if iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
             rows = keep.any(1).nonzero().flatten()
             if len(rows) == 0:
                 continue
@@ -309,7 +320,8 @@ class MaskGenerator:
         low, iou, idx = self._decode_survivors(emb, ctx, token_hw, points_xy, upscaler, strips)
         oh, ow = orig_hw
         cx0, cy0 = crop_box[0], crop_box[1]
-        thr, off, s_thr = model.mask_threshold, cfg.stability_score_offset, cfg.stability_score_thresh
+        thr, off = model.mask_threshold, cfg.stability_score_offset
+        s_thr = self._filter_thresholds()[1]
         rles, boxes, sel, stabs = [], [], [], []
         for i in range(len(low)):
             up = upscaler.upscale(low[i], thr, off)
@@ -326,9 +338,28 @@ class MaskGenerator:
             return MaskData().to(dev)
         sel_t = torch.tensor(sel, dtype=torch.int64, device=dev)
         crop_t = torch.tensor([crop_box], dtype=torch.int64, device=dev).expand(len(rles), 4)
-        return MaskData(rles=rles, boxes_xyxy=torch.stack(boxes), predicted_iou=iou[sel_t],
-                        stability_score=torch.tensor(stabs, dtype=torch.float32, device=dev),
-                        points_xy=points_xy[idx[sel_t]], crop_boxes_xyxy=crop_t.clone())
+        kept_iou = iou[sel_t]
+        stab_t = torch.tensor(stabs, dtype=torch.float32, device=dev)
+        reserve = torch.zeros(len(rles), dtype=torch.bool, device=dev)
+        if cfg.reserve_pred_iou_thresh is not None:  # passed only the looser reserve filters
+            main = torch.ones_like(reserve)
+            if cfg.pred_iou_thresh > 0:
+                main &= kept_iou > cfg.pred_iou_thresh
+            if cfg.stability_score_thresh > 0:
+                main &= stab_t >= cfg.stability_score_thresh
+            reserve = ~main
+        return MaskData(rles=rles, boxes_xyxy=torch.stack(boxes), predicted_iou=kept_iou,
+                        stability_score=stab_t, points_xy=points_xy[idx[sel_t]],
+                        crop_boxes_xyxy=crop_t.clone(), reserve=reserve)
+
+    def _filter_thresholds(self) -> tuple[float, float]:
+        """(predicted-IoU, stability-score) thresholds a mask must pass to be kept at all:
+        the main filters, or the looser of main and reserve filters when a reserve is set."""
+        cfg = self.config
+        if cfg.reserve_pred_iou_thresh is None:
+            return cfg.pred_iou_thresh, cfg.stability_score_thresh
+        return (min(cfg.pred_iou_thresh, cfg.reserve_pred_iou_thresh),
+                min(cfg.stability_score_thresh, cfg.reserve_stability_score_thresh))
 
 
 def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -24,6 +24,8 @@ class MaskData:
         stability_score: (N,) float32.
         points_xy: (N, 2) float64 prompt point of each mask, xy in image pixels.
         crop_boxes_xyxy: (N, 4) int64 crop box each mask came from, XYXY, x2/y2 exclusive.
+        reserve: (N,) bool, True for a mask that passed only the looser reserve filters
+            (``AMGConfig.reserve_pred_iou_thresh``); all False when not given.
     """
 
     rles: list[dict[str, Any]] = field(default_factory=list)
@@ -32,6 +34,12 @@ class MaskData:
     stability_score: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     points_xy: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.float64))
     crop_boxes_xyxy: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.int64))
+    reserve: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+
+    def __post_init__(self) -> None:
+        if self.reserve.numel() == 0 and len(self.rles):
+            self.reserve = torch.zeros(len(self.rles), dtype=torch.bool,
+                                       device=self.predicted_iou.device)
 
     def __len__(self) -> int:
         return len(self.rles)
@@ -47,6 +55,7 @@ class MaskData:
             stability_score=self.stability_score[idx.to(self.stability_score.device)],
             points_xy=self.points_xy[idx.to(self.points_xy.device)],
             crop_boxes_xyxy=self.crop_boxes_xyxy[idx.to(self.crop_boxes_xyxy.device)],
+            reserve=self.reserve[idx.to(self.reserve.device)],
         )
 
     @staticmethod
@@ -61,10 +70,11 @@ class MaskData:
             stability_score=torch.cat([p.stability_score for p in parts]),
             points_xy=torch.cat([p.points_xy for p in parts]),
             crop_boxes_xyxy=torch.cat([p.crop_boxes_xyxy for p in parts]),
+            reserve=torch.cat([p.reserve.to(parts[0].reserve.device) for p in parts]),
         )
 
     def to(self, device: str | torch.device) -> "MaskData":
         """All tensors moved to ``device``."""
         return MaskData(self.rles, self.boxes_xyxy.to(device), self.predicted_iou.to(device),
                         self.stability_score.to(device), self.points_xy.to(device),
-                        self.crop_boxes_xyxy.to(device))
+                        self.crop_boxes_xyxy.to(device), self.reserve.to(device))

@@ -65,12 +65,15 @@ def containment_matrix(rles: Sequence[dict[str, Any]]) -> np.ndarray:
     return np.asarray(frac, dtype=np.float64).reshape(n, n)
 
 
-def nesting_depth(rles: Sequence[dict[str, Any]], areas: Sequence[int] | np.ndarray) -> np.ndarray:
+def nesting_depth(rles: Sequence[dict[str, Any]], areas: Sequence[int] | np.ndarray,
+                  counted: Sequence[bool] | np.ndarray | None = None) -> np.ndarray:
     """How many larger masks contain each mask.
 
     Args:
         rles: N uncompressed RLE dicts of one image (see :func:`containment_matrix`).
         areas: (N,) pixel areas of the masks.
+        counted: optional (N, N) bool; ``counted[i, j]`` False means mask j never counts as a
+            container of mask i (used for reserve masks, see :func:`rank_masks`). None: all count.
 
     Returns:
         ``(N,)`` int64: for mask i, the number of masks j with ``area_j > area_i`` and
@@ -86,12 +89,15 @@ def nesting_depth(rles: Sequence[dict[str, Any]], areas: Sequence[int] | np.ndar
         return np.zeros(0, dtype=np.int64)
     inside = containment_matrix(rles) >= NESTED_FRACTION
     larger = a[None, :] > a[:, None]
+    if counted is not None:
+        inside &= np.asarray(counted, dtype=bool)
     return (inside & larger).sum(axis=1).astype(np.int64)
 
 
 def rank_masks(rles: Sequence[dict[str, Any]], predicted_iou: torch.Tensor | np.ndarray,
                areas: Sequence[int] | np.ndarray, max_masks: int,
-               nested_mask_penalty: float = 0.0) -> torch.Tensor:
+               nested_mask_penalty: float = 0.0,
+               reserve: Sequence[bool] | np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
     """Indices of the ``max_masks`` best masks by ``predicted_iou - penalty * nesting depth``.
 
     Args:
@@ -102,6 +108,12 @@ def rank_masks(rles: Sequence[dict[str, Any]], predicted_iou: torch.Tensor | np.
         nested_mask_penalty: subtracted from the predicted IoU once per containing mask
             (:func:`nesting_depth`); 0 ranks by predicted IoU alone (the depth is then not
             computed).
+        reserve: optional (N,) bool, True for *reserve* masks (those that passed only the
+            looser reserve filters, ``AMGConfig.reserve_pred_iou_thresh``). Every main mask
+            then ranks before every reserve mask, and a main mask's depth counts main
+            containers only, so the main masks' selection is exactly the one without the
+            reserve; reserve masks fill the places left, by their own score (depth counted
+            over all masks).
 
     Returns:
         (K,) int64 indices, K = min(N, ``max_masks``), in increasing order (the generator's
@@ -118,10 +130,18 @@ def rank_masks(rles: Sequence[dict[str, Any]], predicted_iou: torch.Tensor | np.
     n = len(rles)
     if iou.shape[0] != n:
         raise ValueError(f"predicted_iou has {iou.shape[0]} entries for {n} masks")
+    res = np.zeros(n, dtype=bool) if reserve is None else \
+        np.asarray(torch.as_tensor(reserve).detach().cpu(), dtype=bool).reshape(-1)
+    if res.shape[0] != n:
+        raise ValueError(f"reserve has {res.shape[0]} entries for {n} masks")
     if n <= max_masks:
         return torch.arange(n, dtype=torch.int64)
     score = iou
     if nested_mask_penalty > 0:
-        score = iou - nested_mask_penalty * nesting_depth(rles, areas)
+        # A main mask's depth counts main containers only; a reserve mask's counts all.
+        counted = (~res[None, :] | res[:, None]) if res.any() else None
+        score = iou - nested_mask_penalty * nesting_depth(rles, areas, counted)
+    # Main masks first (a score offset larger than any score difference), then reserve ones.
+    score = score - res * (2.0 + nested_mask_penalty * n)
     best = np.argsort(-score, kind="stable")[:max_masks]
     return torch.from_numpy(np.sort(best)).to(torch.int64)

@@ -8,9 +8,43 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["remove_small_regions", "clean_small_regions"]
+__all__ = ["remove_small_regions", "clean_small_regions", "fill_holes"]
 
 _MODES = ("holes", "islands")
+
+
+def fill_holes(mask: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Fill every hole of a binary mask, whatever its size (not in the reference).
+
+    A hole is a connected component of the background (``~mask``, 8-connectivity, OpenCV)
+    that does not touch the array's border; a background region that reaches the border is
+    outside the mask and stays. Pass the mask's tight box (or a region that contains it)
+    to work on fewer pixels: a background component that touches a tight box's border
+    connects, through the pixels just outside the box, to the rest of the image.
+
+    Args:
+        mask: ``(H, W)`` bool numpy array (rows = y).
+
+    Returns:
+        ``(new_mask, changed)``: ``(H, W)`` bool and whether any hole was filled. When none is,
+        the input array itself is returned with ``changed=False``.
+
+    Raises:
+        ValueError: ``mask`` is not 2-dimensional.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must have shape (H, W), got {mask.shape}")
+    binary = mask.astype(bool)
+    h, w = binary.shape
+    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats((~binary).astype(np.uint8),
+                                                                  connectivity=8)
+    x, y = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    x1, y1 = x + stats[1:, cv2.CC_STAT_WIDTH], y + stats[1:, cv2.CC_STAT_HEIGHT]
+    holes = np.flatnonzero((x > 0) & (y > 0) & (x1 < w) & (y1 < h)) + 1
+    if holes.size == 0:
+        return mask, False
+    return binary | np.isin(labels, holes), True
 
 
 def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:

@@ -38,11 +38,16 @@ def test_defaults_equal_reference_generator_defaults():
     assert set(PARAMETER_NAMES) - set(ref) == {"decoder_chunk_size", "coarse_to_fine_stride",
                                                "coarse_cover_area_frac", "input_size",
                                                "compute_dtype", "max_masks",
-                                               "nested_mask_penalty"}
+                                               "nested_mask_penalty", "reserve_pred_iou_thresh",
+                                               "reserve_stability_score_thresh",
+                                               "refine_crop_n_layers", "fill_holes"}
     assert cfg.coarse_to_fine_stride == 1 and cfg.coarse_cover_area_frac == 0.0
     assert cfg.input_size is None  # the model's own input size (1024), as the reference
     assert cfg.compute_dtype == "float32"  # the reference's arithmetic
     assert cfg.max_masks is None and cfg.nested_mask_penalty == 0.0  # every mask kept
+    # no reserve masks, no refinement, no hole filling: the reference's masks as they are
+    assert cfg.reserve_pred_iou_thresh is None and cfg.reserve_stability_score_thresh is None
+    assert cfg.refine_crop_n_layers == 0 and cfg.fill_holes is False
 
 
 def test_defaults_hand_checked():
