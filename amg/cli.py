@@ -31,6 +31,7 @@ FLAG_TYPES = {
     "decoder_chunk_size": int, "input_size": int, "compute_dtype": str, "max_masks": int,
     "nested_mask_penalty": float, "reserve_pred_iou_thresh": float,
     "reserve_stability_score_thresh": float, "refine_crop_n_layers": int,
+    "island_area_frac": float,
 }
 
 

@@ -87,6 +87,9 @@ class AMGConfig:
         fill_holes: not in the reference. Fill every hole of each kept mask (a background
             region that does not reach the image border) as the last step
             (:func:`amg.regions.fill_holes`). False (default) keeps SAM's masks as they are.
+        island_area_frac: not in the reference; in [0, 1). After ``fill_holes``, drop each kept
+            mask's disconnected regions smaller than this fraction of its largest region
+            (:func:`amg.regions.remove_minor_islands`). 0 (default) drops nothing.
     """
 
     points_per_side: int | None = 32
@@ -113,6 +116,7 @@ class AMGConfig:
     reserve_stability_score_thresh: float | None = None
     refine_crop_n_layers: int = 0
     fill_holes: bool = False
+    island_area_frac: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -179,6 +183,8 @@ class AMGConfig:
             need(self.max_masks is not None,
                  "reserve masks only fill places left in a budget: set max_masks with "
                  "reserve_pred_iou_thresh / reserve_stability_score_thresh")
+        need(_is_num(self.island_area_frac) and 0.0 <= self.island_area_frac < 1.0,
+             f"island_area_frac must be in [0, 1), got {self.island_area_frac!r}")
         need(isinstance(self.fill_holes, bool), f"fill_holes must be true or false, got {self.fill_holes!r}")
         need(self.compute_dtype in COMPUTE_DTYPES,
              f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")

@@ -42,7 +42,7 @@ from .grid import build_all_layer_point_grids
 from .mask_data import MaskData
 from .records import mask_data_to_records
 from .ranking import rank_masks
-from .refine import fill_mask_holes, refine_in_crops
+from .refine import clean_kept_masks, refine_in_crops
 from .regions import clean_small_regions
 from .rle import area_from_rle, rle_to_mask
 from .upscale import RegionUpscaler, region_box_xyxy, region_to_rle
@@ -151,8 +151,9 @@ class MaskGenerator:
         if len(crop_boxes) > 1 and len(data):
             # Prefer masks from smaller crops (reference: score = 1 / crop area).
             scores = 1.0 / box_area(data.crop_boxes_xyxy.float())
-            scores = scores + (~data.reserve).to(scores.dtype)  # main masks before reserve ones
-            keep = batched_nms(data.boxes_xyxy.float(), scores,
+            if bool(data.reserve.any()):  # main masks before reserve ones (float64: 1 + 1/area)
+                scores = scores.double() + (~data.reserve).double()
+            keep = batched_nms(data.boxes_xyxy.to(scores.dtype), scores,
                                torch.zeros_like(scores, dtype=torch.int64), cfg.crop_nms_thresh)
             data = data.filter(keep)
         if cfg.min_mask_region_area > 0 and len(data):
@@ -168,8 +169,8 @@ class MaskGenerator:
             data = refine_in_crops(self.model, image, data, cfg.refine_crop_n_layers,
                                    cfg.crop_overlap_ratio, self.compute_dtype,
                                    cfg.stability_score_offset).to("cpu")
-        if cfg.fill_holes and len(data):
-            data = fill_mask_holes(data)
+        if (cfg.fill_holes or cfg.island_area_frac > 0) and len(data):
+            data = clean_kept_masks(data, cfg.fill_holes, cfg.island_area_frac)
         return data
 
     # ------------------------------------------------------------------ steps
@@ -207,9 +208,10 @@ class MaskGenerator:
         data = MaskData.cat(parts)
         if len(data):
             # Reserve masks (AMGConfig.reserve_pred_iou_thresh) never suppress a main mask.
-            scores = data.predicted_iou + 2.0 * (~data.reserve).to(data.predicted_iou.dtype) \
+            # (float64, so that main scores keep every float32 difference after the offset.)
+            scores = data.predicted_iou.double() + 2.0 * (~data.reserve).double() \
                 if bool(data.reserve.any()) else data.predicted_iou
-            keep = batched_nms(data.boxes_xyxy.float(), scores,
+            keep = batched_nms(data.boxes_xyxy.to(scores.dtype), scores,
                                torch.zeros_like(data.predicted_iou, dtype=torch.int64),
                                self.config.box_nms_thresh)
             data = data.filter(keep)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["remove_small_regions", "clean_small_regions", "fill_holes"]
+__all__ = ["remove_small_regions", "clean_small_regions", "fill_holes", "remove_minor_islands"]
 
 _MODES = ("holes", "islands")
 
@@ -45,6 +45,41 @@ def fill_holes(mask: np.ndarray) -> tuple[np.ndarray, bool]:
     if holes.size == 0:
         return mask, False
     return binary | np.isin(labels, holes), True
+
+
+def remove_minor_islands(mask: np.ndarray, area_frac: float) -> tuple[np.ndarray, bool]:
+    """Drop the connected regions of a mask that are small *relative to its largest one*
+    (not in the reference, whose ``min_mask_region_area`` is an absolute pixel count).
+
+    Components use 8-connectivity (OpenCV). A component with fewer than ``area_frac`` times
+    the largest component's pixels (strict ``<``) is removed; the largest always stays.
+
+    Args:
+        mask: ``(H, W)`` bool numpy array (rows = y).
+        area_frac: in [0, 1); 0 removes nothing.
+
+    Returns:
+        ``(new_mask, changed)``; when nothing is removed, the input array itself with
+        ``changed=False``.
+
+    Raises:
+        ValueError: ``mask`` is not 2-dimensional, or ``area_frac`` is outside [0, 1).
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must have shape (H, W), got {mask.shape}")
+    if not 0.0 <= area_frac < 1.0:
+        raise ValueError(f"area_frac must be in [0, 1), got {area_frac!r}")
+    binary = mask.astype(bool)
+    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8),
+                                                                  connectivity=8)
+    if n_labels <= 2 or area_frac == 0.0:
+        return mask, False
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    small = np.flatnonzero(areas < area_frac * areas.max()) + 1
+    if small.size == 0:
+        return mask, False
+    return binary & ~np.isin(labels, small), True
 
 
 def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:

@@ -40,7 +40,8 @@ def test_defaults_equal_reference_generator_defaults():
                                                "compute_dtype", "max_masks",
                                                "nested_mask_penalty", "reserve_pred_iou_thresh",
                                                "reserve_stability_score_thresh",
-                                               "refine_crop_n_layers", "fill_holes"}
+                                               "refine_crop_n_layers", "fill_holes",
+                                               "island_area_frac"}
     assert cfg.coarse_to_fine_stride == 1 and cfg.coarse_cover_area_frac == 0.0
     assert cfg.input_size is None  # the model's own input size (1024), as the reference
     assert cfg.compute_dtype == "float32"  # the reference's arithmetic
@@ -48,6 +49,7 @@ def test_defaults_equal_reference_generator_defaults():
     # no reserve masks, no refinement, no hole filling: the reference's masks as they are
     assert cfg.reserve_pred_iou_thresh is None and cfg.reserve_stability_score_thresh is None
     assert cfg.refine_crop_n_layers == 0 and cfg.fill_holes is False
+    assert cfg.island_area_frac == 0.0
 
 
 def test_defaults_hand_checked():
@@ -227,6 +229,9 @@ def test_fast_fastest_and_quality_presets_documented_values():
     assert fastest.pred_iou_thresh == 0.86 and fastest.stability_score_thresh == 0.92
     assert quality.pred_iou_thresh == 0.8 and quality.stability_score_thresh == 0.9
     assert quality.max_masks == 100 and quality.nested_mask_penalty == 0.03
+    assert quality.reserve_pred_iou_thresh == 0.5 and quality.reserve_stability_score_thresh == 0.7
+    assert quality.refine_crop_n_layers == 2 and quality.fill_holes is True
+    assert quality.island_area_frac == 0.1
     # Everything else stays at the reference defaults.
     for name in PARAMETER_NAMES:
         if name != "compute_dtype":
@@ -235,7 +240,9 @@ def test_fast_fastest_and_quality_presets_documented_values():
                         "pred_iou_thresh", "stability_score_thresh"):
             assert getattr(fastest, name) == getattr(ref, name), name
         if name not in ("pred_iou_thresh", "stability_score_thresh", "max_masks",
-                        "nested_mask_penalty"):
+                        "nested_mask_penalty", "reserve_pred_iou_thresh",
+                        "reserve_stability_score_thresh", "refine_crop_n_layers", "fill_holes",
+                        "island_area_frac"):
             assert getattr(quality, name) == getattr(ref, name), name
 
 

@@ -15,9 +15,9 @@ from amg.config import AMGConfig, ConfigError
 from amg.crops import generate_crop_boxes
 from amg.mask_data import MaskData
 from amg.ranking import rank_masks
-from amg.refine import (REFINE_MIN_MASK_IOU, fill_mask_holes, refine_crop_for_box,
-                        refine_in_crops)
-from amg.regions import fill_holes
+from amg.refine import (REFINE_MIN_MASK_IOU, clean_kept_masks, fill_mask_holes,
+                        refine_crop_for_box, refine_in_crops)
+from amg.regions import fill_holes, remove_minor_islands
 from amg.rle import area_from_rle, masks_to_rle, rle_to_mask
 
 from .conftest import read_photo
@@ -81,6 +81,60 @@ def test_fill_mask_holes_on_box_regions_equals_the_full_image():
     torch.testing.assert_close(out.boxes_xyxy, data.boxes_xyxy)
 
 
+def test_remove_minor_islands_by_hand():
+    m = np.zeros((20, 30), dtype=bool)
+    m[2:12, 2:12] = True        # 100 px, the largest region
+    m[15:18, 20:23] = True      # 9 px: 9% of the largest
+    m[0:4, 25:28] = True        # 12 px: 12%
+    m[19, 0] = True             # 1 px
+    out, changed = remove_minor_islands(m, 0.1)
+    assert changed
+    expected = m.copy()
+    expected[15:18, 20:23] = False
+    expected[19, 0] = False
+    np.testing.assert_array_equal(out, expected)
+    # strict <: at exactly 12% of the largest the 12-px region stays
+    assert remove_minor_islands(m, 0.12)[0][0:4, 25:28].all()
+    # diagonal neighbours are one region (8-connectivity)
+    d = np.zeros((6, 6), dtype=bool)
+    d[0:3, 0:3] = True
+    d[3, 3] = True
+    same, changed = remove_minor_islands(d, 0.5)
+    assert not changed and same is d
+    assert remove_minor_islands(m, 0.0)[1] is False
+    single = np.zeros((4, 4), dtype=bool)
+    single[1, 1] = True
+    assert remove_minor_islands(single, 0.9)[1] is False  # the largest always stays
+    with pytest.raises(ValueError, match="area_frac"):
+        remove_minor_islands(m, 1.0)
+
+
+def test_clean_kept_masks_fills_then_drops_islands_and_shrinks_boxes():
+    m = torch.zeros(2, 20, 30, dtype=torch.bool)
+    m[0, 2:12, 2:12] = True
+    m[0, 5, 5] = False             # a hole
+    m[0, 15:17, 25:27] = True      # a 4-px island, far right: the box shrinks without it
+    m[1, 3:6, 3:6] = True
+    rles = masks_to_rle(m)
+    boxes = torch.tensor([[2, 2, 26, 16], [3, 3, 5, 5]])
+    data = MaskData(rles=rles, boxes_xyxy=boxes, predicted_iou=torch.tensor([0.9, 0.8]),
+                    stability_score=torch.tensor([0.95, 0.9]),
+                    points_xy=torch.zeros(2, 2, dtype=torch.float64),
+                    crop_boxes_xyxy=torch.tensor([[0, 0, 30, 20]] * 2))
+    out = clean_kept_masks(data, fill=True, island_frac=0.1)
+    expected = np.zeros((20, 30), dtype=bool)
+    expected[2:12, 2:12] = True
+    np.testing.assert_array_equal(rle_to_mask(out.rles[0]), expected)
+    assert out.boxes_xyxy.tolist() == [[2, 2, 11, 11], [3, 3, 5, 5]]
+    assert out.rles[1] == rles[1]
+    # holes only: the island and the box stay
+    only = clean_kept_masks(data, fill=True, island_frac=0.0)
+    assert rle_to_mask(only.rles[0])[5, 5] and rle_to_mask(only.rles[0])[15, 25]
+    assert only.boxes_xyxy.tolist() == boxes.tolist()
+    with pytest.raises(ValueError, match="island_frac"):
+        clean_kept_masks(data, island_frac=-0.1)
+
+
 # ------------------------------------------------------------------ reserve masks
 def _ranking_fixture():
     """Five 10 x 10 masks: 0 whole image, 1 a 6 x 6 square in it, 2 a 2 x 2 in both,
@@ -128,6 +182,8 @@ def test_rank_masks_with_reserve_by_hand():
     ({"refine_crop_n_layers": -1}, "refine_crop_n_layers"),
     ({"refine_crop_n_layers": 1.5}, "refine_crop_n_layers"),
     ({"fill_holes": 1}, "fill_holes"),
+    ({"island_area_frac": 1.0}, "island_area_frac"),
+    ({"island_area_frac": -0.1}, "island_area_frac"),
 ])
 def test_config_checks_the_quality_levers(params, name):
     with pytest.raises(ConfigError, match=name):
@@ -137,9 +193,9 @@ def test_config_checks_the_quality_levers(params, name):
 def test_cli_flags_for_the_quality_levers():
     args = build_parser().parse_args(["x.jpg", "-o", "out", "--fill-holes",
                                       "--reserve-pred-iou-thresh", "0.7",
-                                      "--refine-crop-n-layers", "2"])
+                                      "--refine-crop-n-layers", "2", "--island-area-frac", "0.1"])
     assert args.fill_holes is True and args.reserve_pred_iou_thresh == 0.7
-    assert args.refine_crop_n_layers == 2
+    assert args.refine_crop_n_layers == 2 and args.island_area_frac == 0.1
     assert build_parser().parse_args(["x.jpg", "-o", "o", "--no-fill-holes"]).fill_holes is False
     assert build_parser().parse_args(["x.jpg", "-o", "o"]).fill_holes is None
 
@@ -229,16 +285,31 @@ def test_refine_in_crops_on_a_real_photo(mobile_sam):
 
 
 def test_generator_with_refinement_and_hole_filling(mobile_sam):
-    """The generator's last steps are refinement then hole filling of the budget's masks."""
+    """The generator's last steps are refinement, hole filling and island removal of the
+    budget's masks."""
     image = read_photo("groceries.jpg")
     params = dict(points_per_side=8, pred_iou_thresh=0.8, stability_score_thresh=0.9,
                   max_masks=20, nested_mask_penalty=0.03)
     base = MaskGenerator(mobile_sam, **params).generate_mask_data(image)
-    both = MaskGenerator(mobile_sam, refine_crop_n_layers=1, fill_holes=True,
+    both = MaskGenerator(mobile_sam, refine_crop_n_layers=1, fill_holes=True, island_area_frac=0.1,
                          **params).generate_mask_data(image)
-    expected = fill_mask_holes(refine_in_crops(mobile_sam, image, base, 1, 512 / 1500))
+    expected = clean_kept_masks(refine_in_crops(mobile_sam, image, base, 1, 512 / 1500), True, 0.1)
     assert both.rles == expected.rles
     torch.testing.assert_close(both.predicted_iou, expected.predicted_iou)
     torch.testing.assert_close(both.boxes_xyxy, expected.boxes_xyxy)
     segs = [mask_utils.frPyObjects(r, *r["size"]) for r in both.rles]
     assert all(mask_utils.area(s) > 0 for s in segs)
+
+
+def test_generator_reserve_with_crop_layers_keeps_the_main_masks(mobile_sam):
+    """With a crop layer, the cross-crop NMS also puts main masks first: the main-filter output
+    is contained, in order, in the output with reserve masks."""
+    image = read_photo("dog.jpg")
+    params = dict(points_per_side=6, crop_n_layers=1, output_mode="coco_rle",
+                  pred_iou_thresh=0.88, stability_score_thresh=0.95, max_masks=100)
+    main = MaskGenerator(mobile_sam, **params).generate(image)
+    both = MaskGenerator(mobile_sam, reserve_pred_iou_thresh=0.6,
+                         reserve_stability_score_thresh=0.8, **params).generate(image)
+    main_keys = _records_key(main)
+    assert len(main) >= 3 and len(both) > len(main)
+    assert [k for k in _records_key(both) if k in main_keys] == main_keys
