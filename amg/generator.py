@@ -132,12 +132,15 @@ class MaskGenerator:
         Returns:
             list of dicts with ``segmentation`` (per ``output_mode``), ``area`` (int),
             ``bbox`` (XYWH), ``predicted_iou``, ``point_coords`` ([[x, y]]),
-            ``stability_score`` and ``crop_box`` (XYWH); order as in the reference.
+            ``stability_score`` and ``crop_box`` (XYWH); order as in the reference. With
+            reserve filters (``reserve_pred_iou_thresh``) also ``reserve`` (bool, True for a
+            mask that passed only the reserve filters).
 
         Raises:
             ValueError: ``image`` is not an (H, W, 3) uint8 array.
         """
-        return mask_data_to_records(self.generate_mask_data(image), self.config.output_mode)
+        return mask_data_to_records(self.generate_mask_data(image), self.config.output_mode,
+                                    with_reserve=self.config.reserve_pred_iou_thresh is not None)
 
     @torch.inference_mode()
     def generate_mask_data(self, image: np.ndarray) -> MaskData:

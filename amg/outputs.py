@@ -259,7 +259,7 @@ def coco_annotations(records: list[dict[str, Any]], segmentation: str = "rle",
         pycocotools decodes it); ``bbox`` XYWH in COCO's convention (``w`` = number of columns,
         so one more than the records' ``bbox`` width, ``pycocotools.mask.toBbox``); ``iscrowd``
         0; ``score`` (the predicted IoU); ``stability_score``; ``point_coords`` and ``crop_box``
-        (XYWH) as in the records.
+        (XYWH) as in the records; ``reserve`` when the records have it (reserve filters).
 
     Raises:
         ValueError: unknown ``segmentation``.
@@ -289,6 +289,7 @@ def coco_annotations(records: list[dict[str, Any]], segmentation: str = "rle",
             "stability_score": r["stability_score"],
             "point_coords": r["point_coords"],
             "crop_box": r["crop_box"],
+            **({"reserve": r["reserve"]} if "reserve" in r else {}),
         })
     return anns
 

@@ -225,9 +225,13 @@ def test_generator_reserve_masks_only_fill_free_places(mobile_sam):
     for r in extra:
         assert r["predicted_iou"] > 0.7 and r["stability_score"] >= 0.85
         assert not (r["predicted_iou"] > 0.88 and r["stability_score"] >= 0.95)
+    # The records say which masks are reserve fillers (the main-filter run has no such key).
+    assert all("reserve" not in r for r in main)
+    assert [r["reserve"] for r in both] == [_records_key([r])[0] not in main_keys for r in both]
     # With a budget of exactly the main count, no reserve mask gets in.
     tight = MaskGenerator(mobile_sam, max_masks=len(main), reserve_pred_iou_thresh=0.7,
                           reserve_stability_score_thresh=0.85, **params).generate(image)
+    assert [r.pop("reserve") for r in tight] == [False] * len(main)
     assert tight == main
     # Two places more: exactly two reserve masks, the main ones all kept.
     plus2 = MaskGenerator(mobile_sam, max_masks=len(main) + 2, reserve_pred_iou_thresh=0.7,
