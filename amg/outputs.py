@@ -46,7 +46,7 @@ METADATA_HEADER = ["id", "area", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h", "poin
 MAX_LABEL = np.iinfo(np.uint16).max
 
 __all__ = ["FORMATS", "SEGMENTATIONS", "OutputPaths", "decode_mask", "label_map", "mask_colors",
-           "overlay_image", "metadata_rows", "coco_annotations", "assemble_coco", "write_coco",
+           "overlay_image", "metadata_header", "metadata_rows", "coco_annotations", "assemble_coco", "write_coco",
            "write_image_outputs"]
 
 
@@ -210,13 +210,22 @@ def metadata_rows(records: list[dict[str, Any]]) -> list[list[str]]:
     """``metadata.csv`` rows of the reference ``scripts/amg.py`` (header :data:`METADATA_HEADER`).
 
     Row ``i``: ``i``, area, bbox XYWH (the records' convention), the prompt point xy, predicted
-    IoU, stability score, crop box XYWH — values written with ``str()``.
+    IoU, stability score, crop box XYWH — values written with ``str()``; then ``reserve``
+    (``True``/``False``) when the records have that key (see :func:`metadata_header`).
     """
     rows = []
     for i, r in enumerate(records):
+        extra = (r["reserve"],) if "reserve" in r else ()
         rows.append([str(v) for v in (i, r["area"], *r["bbox"], *r["point_coords"][0],
-                                      r["predicted_iou"], r["stability_score"], *r["crop_box"])])
+                                      r["predicted_iou"], r["stability_score"], *r["crop_box"],
+                                      *extra)])
     return rows
+
+
+def metadata_header(records: list[dict[str, Any]]) -> list[str]:
+    """:data:`METADATA_HEADER`, plus a ``reserve`` column when the records carry the
+    ``reserve`` key (a generator with reserve filters, e.g. the quality preset)."""
+    return METADATA_HEADER + ["reserve"] if records and "reserve" in records[0] else METADATA_HEADER
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -238,7 +247,7 @@ def write_png_masks(folder: Path, records: list[dict[str, Any]]) -> None:
             f.unlink()
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(METADATA_HEADER)
+    writer.writerow(metadata_header(records))
     writer.writerows(metadata_rows(records))
     write_atomic(folder / "metadata.csv", buf.getvalue())
 

@@ -329,6 +329,13 @@ def test_write_image_outputs_layout(tmp_path):
         "stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h").split(",")
     assert rows[1:] == metadata_rows(recs)
     assert rows[2][:6] == ["1", "70", "5", "5", "9", "6"]
+    # Records with the reserve flag (reserve filters) get one more column.
+    flagged = [dict(recs[0], reserve=False), dict(recs[1], reserve=True)]
+    write_image_outputs(paths, "img", image, flagged, ["png"])
+    with open(folder / "metadata.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == METADATA_HEADER + ["reserve"]
+    assert [r[-1] for r in rows[1:]] == ["False", "True"] and rows[1][:-1] == metadata_rows(recs)[0]
     lm = cv2.imread(str(paths.labelmap("img")), cv2.IMREAD_UNCHANGED)
     assert lm.dtype == np.uint16
     np.testing.assert_array_equal(lm, slow_label_map(masks))
