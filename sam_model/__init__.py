@@ -11,7 +11,9 @@ from .checkpoints import (KNOWN_CHECKPOINTS, CheckpointError, CheckpointMismatch
                           check_state_dict, describe_architecture, detect_architecture,
                           fetch_checkpoint, read_state_dict)
 from .configs import MODEL_CONFIGS, SamConfig
-from .sam import ImageEmbedding, Sam
+from .point_decoder import DecodedMasks, PlainPointDecoder, PointDecoder, RejectWindow
+from .sam import (COMPUTE_DTYPE_NAMES, ImageEmbedding, Sam, check_rgb_image, has_native_bfloat16,
+                  resolve_compute_dtype)
 
 
 def build_model(name: str, device: str | torch.device = "cpu") -> Sam:
@@ -62,4 +64,6 @@ def load_model(name_or_path: str | Path = "mobile_sam", device: str | torch.devi
 
 __all__ = ["Sam", "SamConfig", "ImageEmbedding", "MODEL_CONFIGS", "KNOWN_CHECKPOINTS",
            "CheckpointError", "CheckpointMismatch", "build_model", "load_model",
-           "fetch_checkpoint", "detect_architecture"]
+           "fetch_checkpoint", "detect_architecture", "DecodedMasks", "RejectWindow",
+           "PointDecoder", "PlainPointDecoder", "COMPUTE_DTYPE_NAMES", "check_rgb_image",
+           "has_native_bfloat16", "resolve_compute_dtype"]
