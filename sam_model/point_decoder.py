@@ -70,13 +70,17 @@ class PointDecoder(Protocol):
 
 def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) float64 matrix of 1-D bilinear resampling with ``align_corners=False``,
-    reproducing PyTorch's CPU ``F.interpolate`` arithmetic for float32 tensors: the scale
-    ``n_in / n_out``, the source coordinate ``(i + 0.5) * scale - 0.5`` (clamped at 0) and the
-    weights are computed in float32; the upper neighbour is clamped at ``n_in - 1``.
-    (The same function as ``amg.upscale.bilinear_matrix``, which the seam moves here.)"""
+    reproducing PyTorch's ``F.interpolate`` weights for float32 tensors: the scale
+    ``n_in / n_out`` in float32; the source coordinate ``(i + 0.5) * scale - 0.5`` rounded
+    once to float32, as the fused multiply-add of torch's vectorised CPU kernels (and CUDA)
+    computes it, then clamped at 0; the weights in float32; the upper neighbour clamped at
+    ``n_in - 1``. (Equal to torch's weights for every size tried, both axes; rounding the
+    product and the subtraction separately differs by one float32 ulp of the coordinate in most
+    sizes, e.g. 256 -> 800.) ``amg.upscale.bilinear_matrix`` is the two-rounding variant."""
     f32 = np.float32
     scale = f32(f32(n_in) / f32(n_out))
-    src = (np.arange(n_out, dtype=f32) + f32(0.5)) * scale - f32(0.5)
+    centres = (np.arange(n_out, dtype=f32) + f32(0.5)).astype(np.float64)
+    src = (centres * np.float64(scale) - 0.5).astype(f32)  # exact product, one rounding
     src = np.maximum(src, f32(0.0)).astype(f32)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
