@@ -133,7 +133,9 @@ class Sam2(nn.Module):
             ValueError: ``image`` is not an (H, W, 3) uint8 array.
         """
         check_rgb_image(image)
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        if not (image.flags.c_contiguous and image.flags.writeable):
+            image = np.array(image)  # a crop view or a read-only array: copy
+        x = torch.from_numpy(image).to(self.device)
         x = x.permute(2, 0, 1).to(torch.float32).div(255)[None]
         s = self.input_size
         if x.shape[-2:] != (s, s):
