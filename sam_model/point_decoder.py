@@ -83,9 +83,39 @@ def window_logits(low: torch.Tensor, token_box: tuple[int, int, int, int]) -> to
     return low[..., 4 * y0:4 * y1, 4 * x0:4 * x1]
 
 
+def apply_filters(low_res_logits: torch.Tensor, predicted_iou: torch.Tensor,
+                  prompt_index: torch.Tensor, iou_thresh: float,
+                  reject: Sequence[RejectWindow], low_res_hw: tuple[int, int] | None
+                  ) -> DecodedMasks:
+    """The plain decoders' filters on whole low-res maps, in seam order: predicted IoU >
+    ``iou_thresh`` (when > 0, as the reference generator), then each :class:`RejectWindow` on
+    the survivors, then the top-left ``low_res_hw`` crop.
+
+    Args:
+        low_res_logits: (K, h, w) float32 full low-res maps, prompt-major order.
+        predicted_iou: (K,) float32. prompt_index: (K,) int64.
+        iou_thresh: see :meth:`PointDecoder.decode`. reject: see :class:`RejectWindow`.
+        low_res_hw: (h', w') <= (h, w) to keep, or None for the whole map.
+
+    Returns:
+        :class:`DecodedMasks` of the survivors, order kept.
+    """
+    keep = predicted_iou > iou_thresh if iou_thresh > 0 else \
+        torch.ones_like(predicted_iou, dtype=torch.bool)
+    low, iou, idx = low_res_logits[keep], predicted_iou[keep], prompt_index[keep]
+    for window in reject:
+        if low.shape[0] == 0:
+            break
+        drop = window.reject(window_logits(low, window.token_box)).to(low.device)
+        low, iou, idx = low[~drop], iou[~drop], idx[~drop]
+    if low_res_hw is not None:
+        low = low[:, :low_res_hw[0], :low_res_hw[1]].contiguous()
+    return DecodedMasks(low, iou, idx)
+
+
 class PlainPointDecoder:
-    """The straightforward point decoder of any family: its full prompt encoder + mask decoder
-    forward on each prompt, then the IoU filter and the reject windows on the full map.
+    """The straightforward point decoder: the family's full prompt encoder + mask decoder
+    forward on each prompt, then :func:`apply_filters` on the full maps.
 
     Args:
         decode_fn: ``(points_xy (B, 1, 2) float64 xy in image pixels, labels (B, 1) int64)
@@ -107,24 +137,20 @@ class PlainPointDecoder:
     def decode(self, points_xy: torch.Tensor, iou_thresh: float,
                reject: Sequence[RejectWindow] = ()) -> DecodedMasks:
         """See :meth:`PointDecoder.decode`."""
-        h, w = self.low_res_hw
-        lows, ious, idxs = [], [], []
+        parts = []
         for s in range(0, len(points_xy), self.chunk):
             pts = points_xy[s:s + self.chunk].to(self.device)
             labels = torch.ones(len(pts), 1, dtype=torch.int64, device=self.device)
             low, iou = self.decode_fn(pts[:, None, :], labels)
             b, m = iou.shape
-            keep = iou > iou_thresh if iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
-            low = low.flatten(0, 1)
-            for win in reject:
-                keep &= ~win.reject(window_logits(low, win.token_box)).view(b, m)
-            flat = keep.flatten()
-            lows.append(low[flat][:, :h, :w].float())
-            ious.append(iou.flatten()[flat].float())
-            idxs.append((torch.arange(b, device=iou.device)[:, None] + s).expand(b, m).flatten()[flat])
-        if not lows:
+            index = (torch.arange(b, device=iou.device)[:, None] + s).expand(b, m).flatten()
+            parts.append(apply_filters(low.flatten(0, 1).float(), iou.flatten().float(), index,
+                                       iou_thresh, reject, self.low_res_hw))
+        if not parts:
             return DecodedMasks.empty(self.low_res_hw, self.device)
-        return DecodedMasks(torch.cat(lows), torch.cat(ious), torch.cat(idxs))
+        return DecodedMasks(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                              ("low_res_logits", "predicted_iou", "prompt_index")))
 
 
-__all__ = ["DecodedMasks", "RejectWindow", "PointDecoder", "PlainPointDecoder", "window_logits"]
+__all__ = ["DecodedMasks", "RejectWindow", "PointDecoder", "PlainPointDecoder", "apply_filters",
+           "window_logits"]

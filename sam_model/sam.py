@@ -23,9 +23,9 @@ from torch import nn
 
 from .configs import SamConfig, TinyViTConfig
 from .factored_decoder import FactoredGridDecoder, FactoredPointDecoder
-from .mask_decoder import (MULTIMASK, SINGLE_MASK, MaskDecoder, composed_matrix,
-                           upscale_mask_logits)
+from .mask_decoder import MULTIMASK, SINGLE_MASK, MaskDecoder, upscale_mask_logits
 from .point_decoder import PlainPointDecoder, PointDecoder
+from .resampling import composed_matrix
 from .prompt_encoder import PromptEncoder
 from .tiny_vit import TinyViTImageEncoder
 from .vit import ViTImageEncoder

@@ -12,7 +12,8 @@ from amg.masks import masks_to_boxes_xyxy, stability_score
 from amg.rle import masks_to_rle
 from amg.upscale import RegionUpscaler, region_box_xyxy, region_to_rle
 from sam_model.factored_decoder import FactoredGridDecoder
-from sam_model.mask_decoder import bilinear_matrix, composed_matrix, upscale_mask_logits
+from sam_model.mask_decoder import upscale_mask_logits
+from sam_model.resampling import bilinear_matrix, composed_matrix
 
 from .conftest import read_photo
 
