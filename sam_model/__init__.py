@@ -1,5 +1,5 @@
-"""The Segment Anything network (SAM ViT-B/L/H and MobileSAM): our own implementation with the
-official state-dict layout. Entry point: :func:`load_model`."""
+"""The Segment Anything network (SAM ViT-B/L/H, MobileSAM and HQ-SAM): our own implementation
+with the official state-dict layout. Entry point: :func:`load_model`."""
 
 from __future__ import annotations
 
@@ -10,34 +10,43 @@ import torch
 from .checkpoints import (KNOWN_CHECKPOINTS, CheckpointError, CheckpointMismatch,
                           check_state_dict, describe_architecture, detect_architecture,
                           fetch_checkpoint, read_state_dict)
-from .configs import MODEL_CONFIGS, SamConfig
+from .configs import MODEL_CONFIGS, SAM_HQ_CONFIGS, SamConfig, SamHQConfig
 from .sam import ImageEmbedding, Sam
+from .sam_hq import HQImageEmbedding, SamHQ
 
 
-def build_model(name: str, device: str | torch.device = "cpu") -> Sam:
+def _new_model(name: str) -> Sam | SamHQ:
+    """A randomly initialised model of a known architecture name (train mode, CPU)."""
+    return SamHQ(SAM_HQ_CONFIGS[name]) if name in SAM_HQ_CONFIGS else Sam(MODEL_CONFIGS[name])
+
+
+def build_model(name: str, device: str | torch.device = "cpu") -> Sam | SamHQ:
     """A randomly initialised model of a named architecture, in eval mode.
 
     Raises:
-        KeyError: ``name`` is not in ``MODEL_CONFIGS``.
+        KeyError: ``name`` is in neither ``MODEL_CONFIGS`` nor ``SAM_HQ_CONFIGS``.
     """
-    if name not in MODEL_CONFIGS:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(MODEL_CONFIGS)}")
-    return Sam(MODEL_CONFIGS[name]).to(device).eval()
+    if name not in MODEL_CONFIGS and name not in SAM_HQ_CONFIGS:
+        raise KeyError(f"unknown model {name!r}; known: "
+                       f"{sorted(MODEL_CONFIGS) + sorted(SAM_HQ_CONFIGS)}")
+    return _new_model(name).to(device).eval()
 
 
 def load_model(name_or_path: str | Path = "mobile_sam", device: str | torch.device = "cpu",
-               arch: str | None = None) -> Sam:
+               arch: str | None = None) -> Sam | SamHQ:
     """Build a SAM model and load its weights.
 
     Args:
         name_or_path: a known checkpoint name (``mobile_sam``, ``vit_b``, ``vit_l``, ``vit_h``),
-            fetched and verified into the cache on first use; or the path of an official
-            checkpoint file, whose architecture is detected from its keys and shapes.
+            fetched and verified into the cache on first use (HQ-SAM's ``sam_hq_vit_b/l/h``,
+            ``sam_hq_vit_tiny``: no published sha256, so taken from the cache where the user
+            put them); or the path of an official checkpoint file, whose architecture is
+            detected from its keys and shapes.
         device: where the model lives (``"cpu"``, ``"cuda"``, ...).
         arch: optional expected architecture; a file of another architecture is refused.
 
     Returns:
-        :class:`Sam` in eval mode on ``device``.
+        :class:`Sam` (or :class:`SamHQ` for an HQ-SAM file) in eval mode on ``device``.
 
     Raises:
         CheckpointError: the weights cannot be found, fetched or verified.
@@ -54,12 +63,13 @@ def load_model(name_or_path: str | Path = "mobile_sam", device: str | torch.devi
     if expected is not None and found != expected:
         raise CheckpointMismatch(f"{path.name} holds {describe_architecture(found)} weights, "
                                  f"but {describe_architecture(expected)} was asked for")
-    model = Sam(MODEL_CONFIGS[found])
+    model = _new_model(found)
     check_state_dict(model, state, str(path))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 
 
 __all__ = ["Sam", "SamConfig", "ImageEmbedding", "MODEL_CONFIGS", "KNOWN_CHECKPOINTS",
+           "SamHQ", "SamHQConfig", "HQImageEmbedding", "SAM_HQ_CONFIGS",
            "CheckpointError", "CheckpointMismatch", "build_model", "load_model",
            "fetch_checkpoint", "detect_architecture"]

@@ -1,7 +1,8 @@
 """Architecture hyper-parameters of every supported SAM model, each in exactly one place.
 
 The numbers are those of the official checkpoints: SAM ViT-B/L/H (Kirillov et al., 2023, §3 and
-Appendix A; official ``build_sam.py``) and MobileSAM's TinyViT-5M (Zhang et al., 2023). Frozen
+Appendix A; official ``build_sam.py``), MobileSAM's TinyViT-5M (Zhang et al., 2023) and HQ-SAM
+on those encoders (Ke et al., 2023; official ``segment_anything_hq/build_sam.py``). Frozen
 dataclasses, following timm's split between architecture and pretrained-weight metadata (the
 weight records live in :mod:`sam_model.checkpoints`).
 """
