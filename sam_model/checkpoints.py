@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .configs import MODEL_CONFIGS, TinyViTConfig, ViTConfig
+from .configs import MODEL_CONFIGS, SAM_HQ_CONFIGS, TinyViTConfig, ViTConfig
 
 
 class CheckpointError(RuntimeError):
@@ -82,8 +82,8 @@ class CheckpointRecord:
     """Metadata of one known checkpoint.
 
     Attributes:
-        name: registry name, also the architecture name in ``MODEL_CONFIGS`` (SAM 2.1:
-            in ``sam_model.sam2_configs.SAM2_CONFIGS``).
+        name: registry name, also the architecture name in ``MODEL_CONFIGS`` (SAM-HQ: in
+            ``SAM_HQ_CONFIGS``; SAM 2.1: in ``sam_model.sam2_configs.SAM2_CONFIGS``).
         filename: file name in the cache.
         sha256: hex digest the file must have; None where none is published: such a file is
             never downloaded automatically (the user passes its path).
@@ -118,6 +118,12 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointRecord] = {
         "vit_h", "sam_vit_h_4b8939.pth",
         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879, "Apache-2.0",
         (UrlSource("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"),)),
+    # HQ-SAM (SysCV/sam-hq, Apache-2.0), published on the Hugging Face Hub under lkeab/hq-sam
+    # without a published sha256: not fetched automatically, the user supplies the file.
+    **{name: CheckpointRecord(
+        name, f"{name}.pth", None, None, "Apache-2.0",
+        (UrlSource(f"https://huggingface.co/lkeab/hq-sam/resolve/main/{name}.pth"),))
+       for name in ("sam_hq_vit_b", "sam_hq_vit_l", "sam_hq_vit_h", "sam_hq_vit_tiny")},
 }
 
 
@@ -189,23 +195,27 @@ def fetch_checkpoint(name: str, timeout: float = 600.0) -> Path:
     """Path of a verified known checkpoint in the cache, downloading it if needed.
 
     Sources are tried in order; a downloaded file whose sha256 differs is deleted and the next
-    source tried. A cached file with a wrong sha256 is refused (not silently replaced).
+    source tried. A cached file with a wrong sha256 is refused (not silently replaced). A
+    record without a published sha256 is never downloaded: the file the user put in the cache
+    is used as it is (its layout is still checked strictly when loaded).
 
     Raises:
         KeyError: ``name`` is not a known checkpoint.
-        CheckpointError: the record has no published sha256 (never fetched automatically),
-            a cached file has the wrong sha256, or every source failed (the message lists
-            each source and why).
+        CheckpointError: a cached file has the wrong sha256, every source failed (the
+            message lists each source and why), or a file without a published sha256 is not
+            in the cache (the message says where to get it and where to put it).
     """
     if name not in KNOWN_CHECKPOINTS:
         raise KeyError(f"unknown checkpoint {name!r}; known: {sorted(KNOWN_CHECKPOINTS)}")
     rec = KNOWN_CHECKPOINTS[name]
-    if rec.sha256 is None:
-        raise CheckpointError(
-            f"{name}: no sha256 is published for {rec.filename}, so it is not downloaded "
-            f"automatically; download it from {' or '.join(s.describe() for s in rec.sources)} "
-            "and pass its path")
     path = cache_dir() / rec.filename
+    if rec.sha256 is None:
+        if path.is_file():
+            return path
+        raise CheckpointError(
+            f"{rec.filename} has no published sha256, so it is not downloaded automatically: "
+            f"download it from {rec.sources[0].describe()} and put it at {path}, "
+            "or pass the file's path")
     if path.exists():
         digest = sha256_of(path)
         if digest != rec.sha256:
@@ -239,7 +249,10 @@ def detect_architecture(state_dict: dict[str, torch.Tensor], source: str = "chec
     """Name of the SAM architecture an official state dict belongs to.
 
     TinyViT (``image_encoder.layers.*``) is ``mobile_sam``; a ViT is identified by its token
-    width (``image_encoder.pos_embed``) and block count.
+    width (``image_encoder.pos_embed``) and block count. A file with any of HQ-SAM's decoder
+    keys (``mask_decoder.hf_token``, ``hf_mlp``, ``compress_vit_feat``, ``embedding_encoder``,
+    ``embedding_maskfeature``) is the HQ-SAM model of that encoder (``sam_hq_vit_b/l/h``,
+    ``sam_hq_vit_tiny``).
 
     Raises:
         CheckpointMismatch: the keys/shapes fit no known SAM architecture.
@@ -251,6 +264,21 @@ def detect_architecture(state_dict: dict[str, torch.Tensor], source: str = "chec
         raise CheckpointMismatch(
             f"{source}: not a SAM checkpoint (no image_encoder.*/mask_decoder.* keys; "
             f"first keys: {sample or 'none'})")
+    base = _detect_sam_encoder(state_dict, source)
+    if any(k.startswith(HQ_DECODER_PREFIXES) for k in keys):
+        return next(n for n, c in SAM_HQ_CONFIGS.items()
+                    if c.encoder == MODEL_CONFIGS[base].encoder)
+    return base
+
+
+HQ_DECODER_PREFIXES = tuple(f"mask_decoder.{m}." for m in (
+    "hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature"))
+
+
+def _detect_sam_encoder(state_dict: dict[str, torch.Tensor], source: str) -> str:
+    """The SAM v1 / MobileSAM architecture whose image encoder the keys hold; see
+    :func:`detect_architecture`."""
+    keys = state_dict.keys()
     if any(k.startswith("image_encoder.layers.") for k in keys):
         return "mobile_sam"
     if "image_encoder.pos_embed" in state_dict:
@@ -267,11 +295,14 @@ def detect_architecture(state_dict: dict[str, torch.Tensor], source: str = "chec
 
 
 def describe_architecture(name: str) -> str:
-    """Short description used in error messages, e.g. ``vit_b (ViT, width 768, 12 blocks)``."""
-    enc = MODEL_CONFIGS[name].encoder
+    """Short description used in error messages, e.g. ``vit_b (ViT, width 768, 12 blocks)``,
+    ``sam_hq_vit_b (HQ-SAM, ViT, width 768, 12 blocks)``."""
+    hq = name in SAM_HQ_CONFIGS
+    enc = (SAM_HQ_CONFIGS if hq else MODEL_CONFIGS)[name].encoder
+    family = "HQ-SAM, " if hq else ""
     if isinstance(enc, TinyViTConfig):
-        return f"{name} (TinyViT, stage widths {list(enc.embed_dims)})"
-    return f"{name} (ViT, width {enc.embed_dim}, {enc.depth} blocks)"
+        return f"{name} ({family}TinyViT, stage widths {list(enc.embed_dims)})"
+    return f"{name} ({family}ViT, width {enc.embed_dim}, {enc.depth} blocks)"
 
 
 def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],

@@ -1,7 +1,8 @@
 """Architecture hyper-parameters of every supported SAM model, each in exactly one place.
 
 The numbers are those of the official checkpoints: SAM ViT-B/L/H (Kirillov et al., 2023, §3 and
-Appendix A; official ``build_sam.py``) and MobileSAM's TinyViT-5M (Zhang et al., 2023). Frozen
+Appendix A; official ``build_sam.py``), MobileSAM's TinyViT-5M (Zhang et al., 2023) and HQ-SAM
+on those encoders (Ke et al., 2023; official ``segment_anything_hq/build_sam.py``). Frozen
 dataclasses, following timm's split between architecture and pretrained-weight metadata (the
 weight records live in :mod:`sam_model.checkpoints`).
 """
@@ -131,4 +132,51 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
     "vit_l": SamConfig("vit_l", ViTConfig(1024, 24, 16, (5, 11, 17, 23))),
     "vit_h": SamConfig("vit_h", ViTConfig(1280, 32, 16, (7, 15, 23, 31))),
     "mobile_sam": SamConfig("mobile_sam", TinyViTConfig()),
+}
+
+
+@dataclass(frozen=True)
+class SamHQConfig:
+    """A whole HQ-SAM model (Ke et al., 2023, "Segment Anything in High Quality"): a SAM image
+    encoder, SAM's prompt encoder and SAM's mask decoder with the HQ additions (HQ output token
+    and its MLP, global-local feature fusion; paper §3.2).
+
+    Attributes:
+        name: registry name (``sam_hq_vit_b``, ``sam_hq_vit_l``, ``sam_hq_vit_h``,
+            ``sam_hq_vit_tiny``).
+        encoder: :class:`ViTConfig` (ViT-B/L/H, as SAM's) or :class:`TinyViTConfig` (the light
+            HQ-SAM, MobileSAM's TinyViT-5M).
+        interm_dim: channels of the early-layer encoder feature that ``compress_vit_feat``
+            takes (the official ``vit_dim``): the ViT width for ViT-B/L/H (first
+            global-attention block output), 160 for TinyViT (stage-1 output).
+        decoder: :class:`PromptDecoderConfig`, shared with SAM.
+        pixel_mean: per-channel RGB mean in 0..255 pixel units used to normalise the input.
+        pixel_std: per-channel RGB standard deviation in 0..255 pixel units.
+        mask_threshold: logit above which a pixel is in the mask (0.0).
+
+    Raises:
+        ValueError: ``interm_dim`` is not the channel count of the encoder's early feature.
+    """
+
+    name: str
+    encoder: ViTConfig | TinyViTConfig
+    interm_dim: int
+    decoder: PromptDecoderConfig = field(default_factory=PromptDecoderConfig)
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    mask_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        enc = self.encoder
+        early = enc.embed_dims[2] if isinstance(enc, TinyViTConfig) else enc.embed_dim
+        if self.interm_dim != early:
+            raise ValueError(f"SamHQConfig {self.name}: interm_dim {self.interm_dim} != "
+                             f"{early} channels of the encoder's early-layer feature")
+
+
+SAM_HQ_CONFIGS: dict[str, SamHQConfig] = {
+    "sam_hq_vit_b": SamHQConfig("sam_hq_vit_b", MODEL_CONFIGS["vit_b"].encoder, 768),
+    "sam_hq_vit_l": SamHQConfig("sam_hq_vit_l", MODEL_CONFIGS["vit_l"].encoder, 1024),
+    "sam_hq_vit_h": SamHQConfig("sam_hq_vit_h", MODEL_CONFIGS["vit_h"].encoder, 1280),
+    "sam_hq_vit_tiny": SamHQConfig("sam_hq_vit_tiny", MODEL_CONFIGS["mobile_sam"].encoder, 160),
 }

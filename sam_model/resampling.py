@@ -101,3 +101,24 @@ def composed_matrix(n_low: int, n_mid: int, n_crop: int, n_out: int) -> np.ndarr
     """(n_out, n_low) float64: upscale n_low -> n_mid, keep the first n_crop, resize to n_out
     (SAM v1's ``postprocess_masks`` along one axis)."""
     return bilinear_matrix(n_crop, n_out) @ bilinear_matrix(n_low, n_mid)[:n_crop]
+
+
+def sam_postprocess_matrices(n_low: int, input_size: int, input_hw: tuple[int, int],
+                             original_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """SAM's mask post-processing as ``(ay, ax)``: image logits = ``ay @ low_res @ ax.T``.
+
+    Bilinear ``n_low -> input_size``, keep the first ``input_hw`` rows/columns (the resized
+    image inside the padded input), bilinear to ``original_hw`` (reference
+    ``postprocess_masks``; :func:`sam_model.mask_decoder.upscale_mask_logits`).
+
+    Args:
+        n_low: side of the low-res map (256 for a 1024 input).
+        input_size: side of the square, padded model input in pixels (1024).
+        input_hw: (h', w') of the resized image inside the model input, pixels.
+        original_hw: (H, W) of the encoded image, pixels.
+
+    Returns:
+        ay (H, n_low) and ax (W, n_low), float64.
+    """
+    return (composed_matrix(n_low, input_size, input_hw[0], original_hw[0]),
+            composed_matrix(n_low, input_size, input_hw[1], original_hw[1]))

@@ -25,7 +25,7 @@ from .configs import SamConfig, TinyViTConfig
 from .factored_decoder import FactoredGridDecoder, FactoredPointDecoder
 from .mask_decoder import MULTIMASK, SINGLE_MASK, MaskDecoder, upscale_mask_logits
 from .point_decoder import PlainPointDecoder, PointDecoder
-from .resampling import composed_matrix
+from .resampling import sam_postprocess_matrices
 from .prompt_encoder import PromptEncoder
 from .tiny_vit import TinyViTImageEncoder
 from .vit import ViTImageEncoder
@@ -124,6 +124,72 @@ def check_rgb_image(image: np.ndarray) -> None:
         raise ValueError(f"image must be uint8 (0..255), got dtype {image.dtype}")
 
 
+def preprocess_image(image: np.ndarray, input_size: int, pixel_mean: torch.Tensor,
+                     pixel_std: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Resize, normalise and pad one image to the square model input (reference
+    ``ResizeLongestSide`` + ``Sam.preprocess``; see the module docstring).
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        input_size: side S of the square, padded model input in pixels.
+        pixel_mean, pixel_std: (3, 1, 1) float32 in 0..255 units, on the target device.
+
+    Returns:
+        model input (1, 3, S, S) float32 on ``pixel_mean``'s device and the resized size
+        (h', w') before padding.
+
+    Raises:
+        ValueError: ``image`` is not an (H, W, 3) uint8 array.
+    """
+    check_rgb_image(image)
+    h, w = resized_hw(image.shape[:2], input_size)
+    resized = np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+    x = torch.from_numpy(resized).to(pixel_mean.device).permute(2, 0, 1).float()
+    x = (x - pixel_mean) / pixel_std
+    x = nn.functional.pad(x, (0, input_size - w, 0, input_size - h))
+    return x[None], (h, w)
+
+
+def coords_to_input_frame(coords_xy: torch.Tensor, original_hw: tuple[int, int],
+                   input_hw: tuple[int, int]) -> torch.Tensor:
+    """Map xy in original-image pixels to the model-input frame (float64 arithmetic, like
+    the reference's numpy ``apply_coords``): x * (w'/W), y * (h'/H).
+
+    ``coords_xy``: (..., 2) float. Returns the same shape, float64 (float32 on devices
+    without float64).
+    """
+    (oh, ow), (ih, iw) = original_hw, input_hw
+    dtype = torch.float64 if coords_xy.device.type not in ("mps",) else torch.float32
+    scale = torch.tensor([iw / ow, ih / oh], dtype=dtype, device=coords_xy.device)
+    return coords_xy.to(dtype) * scale
+
+
+def input_size_view(model: nn.Module, size: int) -> nn.Module:
+    """The same network (shared weights, no copy) run at another model-input size: a
+    shallow copy of ``model`` whose ``cfg`` (``encoder.img_size``, ``decoder.input_image_size``,
+    ``decoder.image_embedding_size``) and prompt encoder follow ``size``. ``model`` needs
+    ``cfg.encoder``, ``cfg.decoder`` and ``prompt_encoder`` (SAM and HQ-SAM); see
+    :meth:`Sam.with_input_size` for what changes with the size.
+
+    Raises:
+        ValueError: ``size`` is not an integer multiple of 16 in [256, 4096].
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size % 16 or not 256 <= size <= 4096:
+        raise ValueError(f"input size must be a multiple of 16 in [256, 4096], got {size!r}")
+    if size == model.cfg.encoder.img_size:
+        return model
+    enc = dataclasses.replace(model.cfg.encoder, img_size=size)
+    dec = dataclasses.replace(model.cfg.decoder, input_image_size=size,
+                              image_embedding_size=size // 16)
+    view = copy.copy(model)  # shares _modules/_parameters/_buffers: the same weights
+    view.__dict__["_modules"] = dict(model._modules)
+    view.cfg = dataclasses.replace(model.cfg, encoder=enc, decoder=dec)
+    prompt_encoder = copy.copy(model.prompt_encoder)
+    prompt_encoder.cfg = dec
+    view._modules["prompt_encoder"] = prompt_encoder
+    return view
+
+
 class Sam(nn.Module):
     """Segment Anything: image encoder + prompt encoder + mask decoder (official key layout).
 
@@ -175,20 +241,7 @@ class Sam(nn.Module):
         Raises:
             ValueError: ``size`` is not an integer multiple of 16 in [256, 4096].
         """
-        if isinstance(size, bool) or not isinstance(size, int) or size % 16 or not 256 <= size <= 4096:
-            raise ValueError(f"input size must be a multiple of 16 in [256, 4096], got {size!r}")
-        if size == self.input_size:
-            return self
-        enc = dataclasses.replace(self.cfg.encoder, img_size=size)
-        dec = dataclasses.replace(self.cfg.decoder, input_image_size=size,
-                                  image_embedding_size=size // 16)
-        view = copy.copy(self)  # shares _modules/_parameters/_buffers: the same weights
-        view.__dict__["_modules"] = dict(self._modules)
-        view.cfg = dataclasses.replace(self.cfg, encoder=enc, decoder=dec)
-        prompt_encoder = copy.copy(self.prompt_encoder)
-        prompt_encoder.cfg = dec
-        view._modules["prompt_encoder"] = prompt_encoder
-        return view
+        return input_size_view(self, size)
 
     @property
     def mask_threshold(self) -> float:
@@ -215,13 +268,7 @@ class Sam(nn.Module):
         Raises:
             ValueError: ``image`` is not an (H, W, 3) uint8 array.
         """
-        check_rgb_image(image)
-        h, w = resized_hw(image.shape[:2], self.input_size)
-        resized = np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
-        x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1).float()
-        x = (x - self.pixel_mean) / self.pixel_std
-        x = nn.functional.pad(x, (0, self.input_size - w, 0, self.input_size - h))
-        return x[None], (h, w)
+        return preprocess_image(image, self.input_size, self.pixel_mean, self.pixel_std)
 
     @torch.inference_mode()
     def encode_images(self, images: list[np.ndarray],
@@ -266,10 +313,7 @@ class Sam(nn.Module):
         ``coords_xy``: (..., 2) float. Returns the same shape, float64 (float32 on devices
         without float64).
         """
-        (oh, ow), (ih, iw) = emb.original_hw, emb.input_hw
-        dtype = torch.float64 if coords_xy.device.type not in ("mps",) else torch.float32
-        scale = torch.tensor([iw / ow, ih / oh], dtype=dtype, device=coords_xy.device)
-        return coords_xy.to(dtype) * scale
+        return coords_to_input_frame(coords_xy, emb.original_hw, emb.input_hw)
 
     def dense_pe(self, emb: ImageEmbedding) -> torch.Tensor:
         """Positional encoding of the embedding grid: (1, 256, h, w) float32."""
@@ -309,12 +353,9 @@ class Sam(nn.Module):
     def low_res_to_image(self, emb: ImageEmbedding) -> tuple[np.ndarray, np.ndarray]:
         """The mask post-processing (:meth:`upscale_masks`) as two resampling matrices:
         ``ay`` (H, n_low) and ``ax`` (W, n_low) float64 with image-size logits
-        ``ay @ low_res @ ax.T`` (bilinear n_low -> input size, crop to the resized image,
-        bilinear to the original size; the reference's ``postprocess_masks``)."""
-        n_low = 4 * emb.grid_hw[0]
-        (ih, iw), (oh, ow) = emb.input_hw, emb.original_hw
-        return (composed_matrix(n_low, self.input_size, ih, oh),
-                composed_matrix(n_low, self.input_size, iw, ow))
+        ``ay @ low_res @ ax.T`` (:func:`sam_model.resampling.sam_postprocess_matrices`)."""
+        return sam_postprocess_matrices(4 * emb.grid_hw[0], self.input_size, emb.input_hw,
+                                        emb.original_hw)
 
     def point_decoder(self, emb: ImageEmbedding, compute_dtype: torch.dtype = torch.float32,
                       low_res_hw: tuple[int, int] | None = None, *, chunk_size: int | None = None,
