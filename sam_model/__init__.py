@@ -10,7 +10,9 @@ import torch
 from .checkpoints import (KNOWN_CHECKPOINTS, CheckpointError, CheckpointMismatch,
                           check_state_dict, describe_architecture, detect_architecture,
                           fetch_checkpoint, read_state_dict)
-from .configs import MODEL_CONFIGS, SamConfig
+from .configs import EFFICIENT_SAM_CONFIGS, MODEL_CONFIGS, EfficientSamConfig, SamConfig
+from .efficient_sam import (EfficientSam, EfficientSamEmbedding, build_efficient_sam,
+                            load_efficient_sam)
 from .sam import ImageEmbedding, Sam
 
 
@@ -62,4 +64,6 @@ def load_model(name_or_path: str | Path = "mobile_sam", device: str | torch.devi
 
 __all__ = ["Sam", "SamConfig", "ImageEmbedding", "MODEL_CONFIGS", "KNOWN_CHECKPOINTS",
            "CheckpointError", "CheckpointMismatch", "build_model", "load_model",
-           "fetch_checkpoint", "detect_architecture"]
+           "fetch_checkpoint", "detect_architecture",
+           "EfficientSam", "EfficientSamConfig", "EfficientSamEmbedding", "EFFICIENT_SAM_CONFIGS",
+           "build_efficient_sam", "load_efficient_sam"]
