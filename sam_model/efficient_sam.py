@@ -119,7 +119,7 @@ class EfficientSam(nn.Module):
             ValueError: ``image`` is not an (H, W, 3) uint8 array.
         """
         check_rgb_image(image)
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        x = torch.from_numpy(np.array(image, copy=True)).to(self.device)  # writable copy
         x = x.permute(2, 0, 1).contiguous().float().div(255)[None]
         s = self.input_size
         if tuple(x.shape[-2:]) != (s, s):
@@ -348,7 +348,8 @@ def build_efficient_sam(name: str, device: str | torch.device = "cpu") -> Effici
         KeyError: ``name`` is not in ``EFFICIENT_SAM_CONFIGS``.
     """
     if name not in EFFICIENT_SAM_CONFIGS:
-        raise KeyError(f"unknown EfficientSAM model {name!r}; known: {sorted(EFFICIENT_SAM_CONFIGS)}")
+        raise KeyError(f"unknown EfficientSAM model {name!r}; "
+                       f"known: {sorted(EFFICIENT_SAM_CONFIGS)}")
     return EfficientSam(EFFICIENT_SAM_CONFIGS[name]).to(device).eval()
 
 
