@@ -260,7 +260,8 @@ class EfficientSam(nn.Module):
         Args:
             emb: from :meth:`encode_image`.
             compute_dtype: ``torch.float32`` (the reference's computation) or
-                ``torch.bfloat16`` (under ``torch.autocast``, outputs float32).
+                ``torch.bfloat16`` (the mask decoder under ``torch.autocast``, an approximation;
+                prompt tokens stay float32; outputs float32).
             low_res_hw: (h, w) part of the 256 x 256 low-res map to return (top-left), default
                 the whole map (the image fills the whole model input).
             plain: accepted for the seam; EfficientSAM has only the plain decoder.
@@ -319,9 +320,9 @@ class EfficientSamPointDecoder:
         model, dev = self.model, self.model.device
         b = points_xy.shape[0]
         labels = torch.full((b, 1), LABEL_FOREGROUND, dtype=torch.int64, device=dev)
+        sparse = model.prompt_tokens(self.emb, points_xy.to(dev)[:, None, :], labels)
         with torch.autocast(dev.type, dtype=self.compute_dtype,
                             enabled=self.compute_dtype != torch.float32):
-            sparse = model.prompt_tokens(self.emb, points_xy.to(dev)[:, None, :], labels)
             low, iou = model.mask_decoder(self.emb.embedding, self.image_pe, sparse,
                                           self.multimask_output)
         low, iou = low.float(), iou.float()
