@@ -1,5 +1,6 @@
-"""The Segment Anything network (SAM ViT-B/L/H and MobileSAM): our own implementation with the
-official state-dict layout. Entry point: :func:`load_model`."""
+"""The Segment Anything network (SAM ViT-B/L/H and MobileSAM; EfficientSAM ViT-T/ViT-S): our own
+implementation with the official state-dict layouts. Entry points: :func:`load_model`,
+:func:`load_efficient_sam`."""
 
 from __future__ import annotations
 
