@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amg.config import OUTPUT_MODES, PARAMETER_NAMES, AMGConfig, ConfigError, preset_path
+from amg.config import (COMPUTE_DTYPES, OUTPUT_MODES, PARAMETER_NAMES, AMGConfig, ConfigError,
+                        parameters, preset_path)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -192,6 +193,37 @@ def test_mask_generator_rejects_unknown_name(mobile_sam):
     assert gen.config.points_per_side == 8 and len(gen.point_grids[0]) == 64
     with pytest.raises(ConfigError, match="pred_iou_thresh"):
         MaskGenerator(mobile_sam, pred_iou_thresh=1.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter descriptions (the command-line flags are derived from them)
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_parameter_has_type_default_and_one_line_description():
+    params = parameters()
+    assert [p.name for p in params] == list(PARAMETER_NAMES)
+    cfg = AMGConfig()
+    for p in params:
+        assert p.help and "\n" not in p.help and len(p.help) <= 90, p.name
+        assert p.default is getattr(cfg, p.name) or p.default == getattr(cfg, p.name), p.name
+        if p.flag:
+            assert p.type in (int, float, str, bool), p.name
+            assert p.default_label(), p.name
+    by_name = {p.name: p for p in params}
+    # Optional fields take their scalar type; only grids and the record encoding have no flag.
+    assert {n: by_name[n].type for n in ("points_per_side", "input_size", "max_masks",
+                                         "reserve_pred_iou_thresh", "fill_holes",
+                                         "compute_dtype")} == {
+        "points_per_side": int, "input_size": int, "max_masks": int,
+        "reserve_pred_iou_thresh": float, "fill_holes": bool, "compute_dtype": str}
+    assert by_name["point_grids"].type is None
+    assert {p.name for p in params if not p.flag} >= {"point_grids", "output_mode"}
+    assert by_name["compute_dtype"].choices == COMPUTE_DTYPES
+    assert by_name["output_mode"].choices == OUTPUT_MODES
+    assert by_name["crop_overlap_ratio"].default_label() == "0.341333"
+    assert by_name["fill_holes"].default_label() == "false"
+    assert by_name["max_masks"].default_label() == "no limit"
 
 
 # --------------------------------------------------------------------------------------------
