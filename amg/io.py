@@ -75,19 +75,35 @@ def load_image(path: str | Path) -> tuple[np.ndarray, str | None]:
     return np.ascontiguousarray(rgb), note
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file so that it either exists complete or not at all (temp file + rename)."""
+@contextlib.contextmanager
+def _temp_beside(path: Path) -> Iterator[int]:
+    """The file descriptor of a hidden temp file beside ``path`` (``.<name>...part``, the usual
+    permissions), renamed onto ``path`` when the block ends without an exception and removed
+    otherwise. The one home of the atomic-write protocol."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".part")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
+        yield fd
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file so that it either exists complete or not at all (temp file + rename).
+
+    Args:
+        path: the file to write (its folder is created).
+        data: the content (``str``: text mode, the locale's encoding).
+
+    Raises:
+        OSError, UnicodeEncodeError: nothing is left but an earlier file at ``path``.
+    """
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with _temp_beside(path) as fd, os.fdopen(fd, mode) as f:
+        f.write(data)
 
 
 @contextlib.contextmanager
@@ -101,16 +117,9 @@ def open_atomic(path: Path, mode: str = "w") -> Iterator[IO]:
         path: the file to write.
         mode: ``"w"`` (text, UTF-8) or ``"wb"``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".part")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    encoding = {} if "b" in mode else {"encoding": "utf-8"}
+    with _temp_beside(path) as fd, os.fdopen(fd, mode, **encoding) as f:
+        yield f
 
 
 def remove_temp_files(folder: Path) -> None:
