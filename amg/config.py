@@ -60,12 +60,6 @@ class AMGConfig:
             cache-size knob that does not change the output (in float32; in bfloat16 at most
             by rounding). ``None`` (default): 4 in float32, 8 in bfloat16, the fastest of
             2/4/8/16 on a 2-core CPU (docs/benchmarks.md).
-        coarse_to_fine_stride: not in the reference (fast preset). With s > 1, each crop's
-            regular grid is prompted in two passes: every s-th row and column first, then
-            the other points, except those inside a first-pass mask no larger than
-            ``coarse_cover_area_frac`` of the crop. 1 (default) prompts every point, exactly
-            as the reference.
-        coarse_cover_area_frac: see ``coarse_to_fine_stride``; in [0, 1]. 0 skips nothing.
         input_size: not in the reference. Side of the square model input in pixels (the
             longest image or crop side is resized to it); ``None`` (default) keeps the
             model's own (1024, exactly as the reference). A multiple of 16 in [256, 4096];
@@ -131,10 +125,6 @@ class AMGConfig:
     decoder_chunk_size: int | None = _param(
         None, "prompts per mask-decoder call inside a batch (speed, not the output)",
         default_text="4 in float32, 8 in bfloat16")
-    coarse_to_fine_stride: int = _param(
-        1, "prompt every s-th grid row and column first, the rest where uncovered", flag=False)
-    coarse_cover_area_frac: float = _param(
-        0.0, "largest first-pass mask, as a fraction of the crop, that covers points", flag=False)
     input_size: int | None = _param(
         None, "side of the square model input in pixels, a multiple of 16 in [256, 4096]",
         default_text="the model's own, 1024")
@@ -186,8 +176,7 @@ class AMGConfig:
                      f"point_grids[{i}] must have shape (N, 2), got {g.shape}")
                 need(bool(((g >= 0) & (g <= 1)).all()),
                      f"point_grids[{i}] must hold xy in [0, 1]")
-        for name in ("points_per_batch", "crop_n_points_downscale_factor", "decoder_chunk_size",
-                     "coarse_to_fine_stride"):
+        for name in ("points_per_batch", "crop_n_points_downscale_factor", "decoder_chunk_size"):
             v = getattr(self, name)
             if name == "decoder_chunk_size" and v is None:
                 continue
@@ -196,7 +185,7 @@ class AMGConfig:
             v = getattr(self, name)
             need(_is_int(v) and v >= 0, f"{name} must be an integer >= 0, got {v!r}")
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
-                     "crop_nms_thresh", "coarse_cover_area_frac"):
+                     "crop_nms_thresh"):
             v = getattr(self, name)
             need(_is_num(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v!r}")
         need(_is_num(self.stability_score_offset) and self.stability_score_offset >= 0,
