@@ -1,5 +1,5 @@
 """The ``segment-everything`` command end to end on real photos with the real MobileSAM weights:
-through ``amg.cli.main`` and once through the installed console script.
+through ``amg.dataset.cli.main`` and once through the installed console script.
 
 Small point grids (8 x 8, or 4 x 4) keep each image to seconds on a CPU.
 """
@@ -17,10 +17,11 @@ import pytest
 from pycocotools import mask as mask_utils
 
 import amg.generator
-from amg.cli import main
-from amg.runner import STATE_DIR
+from amg.config import parameters
+from amg.dataset.cli import build_parser, main
+from amg.dataset.state import STATE_DIR
 
-from .conftest import shared_path
+from ..conftest import shared_path
 
 # pycocotools' decode trips a numpy-2 copy-keyword DeprecationWarning inside its C extension.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -234,6 +235,38 @@ def test_argparse_errors_exit_2(argv, tmp_path, capsys):
         main(argv)
     assert ei.value.code == 2
     assert "usage: segment-everything" in capsys.readouterr().err
+
+
+def test_generation_flags_are_the_config_fields_with_help_and_default(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per flag in the help text
+    text = build_parser().format_help()
+    flags = [p for p in parameters() if p.flag]
+    assert {p.name for p in parameters()} - {p.name for p in flags} == {"point_grids", "output_mode"}
+    for p in flags:
+        assert f"{p.help} (default: {p.default_label()})" in text, p.name
+    assert "--compute-dtype {float32,bfloat16,auto}" in text
+    assert "--points-per-side INT" in text and "--pred-iou-thresh FLOAT" in text
+    assert "--fill-holes, --no-fill-holes" in text
+    # Every numeric flag parses to its field's type; unset flags stay None (the preset decides).
+    values = {int: "3", float: "0.5"}
+    argv = ["IMG", "-o", "OUT"]
+    for p in flags:
+        if p.type in values:
+            argv += ["--" + p.name.replace("_", "-"), values[p.type]]
+    args = build_parser().parse_args(argv + ["--compute-dtype", "bfloat16"])
+    for p in flags:
+        if p.type in values:
+            assert getattr(args, p.name) == p.type(values[p.type]), p.name
+            assert type(getattr(args, p.name)) is p.type, p.name
+    assert args.compute_dtype == "bfloat16" and args.fill_holes is None
+    assert build_parser().parse_args(["IMG", "-o", "OUT"]).points_per_side is None
+
+
+def test_compute_dtype_choices_are_checked(capsys):
+    with pytest.raises(SystemExit) as ei:
+        build_parser().parse_args(["IMG", "-o", "OUT", "--compute-dtype", "float16"])
+    assert ei.value.code == 2
+    assert "invalid choice: 'float16'" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Output writers of a dataset run: JSON records, COCO instances, PNG masks, label maps, overlays.
 
 Layout under the output folder ``DIR`` (``<stem>`` is the image's output name, see
-:func:`amg.io.output_stems`):
+:func:`amg.dataset.names.output_stems`):
 
 =============  =================================================================================
 format         files
@@ -35,7 +35,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .io import open_atomic, write_atomic
+from ..io import open_atomic, write_atomic
+from ..rle import bytes_counts, str_counts
 from .polygons import DEFAULT_MIN_POLYGON_AREA, mask_to_polygons
 
 FORMATS = ("json", "coco", "png", "labelmap", "overlay")
@@ -93,16 +94,9 @@ class OutputPaths:
         return out
 
 
-def _bytes_rle(segmentation: dict[str, Any]) -> dict[str, Any]:
-    """A COCO RLE with ``counts`` as bytes, as pycocotools' functions take it."""
-    counts = segmentation["counts"]
-    return {"size": list(segmentation["size"]),
-            "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
-
-
 def decode_mask(segmentation: dict[str, Any]) -> np.ndarray:
     """A COCO RLE (``counts`` str or bytes) as an ``(H, W)`` bool array (C order), rows = y."""
-    return np.ascontiguousarray(mask_utils.decode(_bytes_rle(segmentation)).astype(bool))
+    return np.ascontiguousarray(mask_utils.decode(bytes_counts(segmentation)).astype(bool))
 
 
 def _paint_order(records: list[dict[str, Any]]) -> list[int]:
@@ -199,7 +193,7 @@ def overlay_image(image: np.ndarray, records: list[dict[str, Any]],
         seg = records[i]["segmentation"]
         m = decode_mask(seg)
         # trace on the mask's box only (COCO box: x, y, columns, rows), shifted back
-        x, y, w, h = (int(v) for v in mask_utils.toBbox(_bytes_rle(seg)))
+        x, y, w, h = (int(v) for v in mask_utils.toBbox(bytes_counts(seg)))
         crop = np.ascontiguousarray(m[y:y + h, x:x + w], dtype=np.uint8)
         contours, _ = cv2.findContours(crop, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE, offset=(x, y))
         cv2.drawContours(out, contours, -1, tuple(int(c) for c in colors[i]), thickness)
@@ -259,9 +253,9 @@ def coco_annotations(records: list[dict[str, Any]], segmentation: str = "rle",
     Args:
         records: mask records with COCO RLE ``segmentation``.
         segmentation: ``"rle"`` (COCO RLE dict, ``counts`` str) or ``"polygon"`` (COCO polygon
-            lists, holes bridged, see :mod:`amg.polygons`; a mask with no polygon left above
+            lists, holes bridged, see :mod:`amg.dataset.polygons`; a mask with no polygon left above
             ``min_polygon_area`` gets no annotation).
-        min_polygon_area: the polygon tolerance, px² (see :func:`amg.polygons.mask_to_polygons`).
+        min_polygon_area: the polygon tolerance, px² (see :func:`amg.dataset.polygons.mask_to_polygons`).
 
     Returns:
         One dict per annotation: ``segmentation``; ``area`` (pixels of the segmentation as
@@ -277,10 +271,8 @@ def coco_annotations(records: list[dict[str, Any]], segmentation: str = "rle",
         raise ValueError(f"segmentation must be one of {SEGMENTATIONS}, got {segmentation!r}")
     anns = []
     for r in records:
-        seg = r["segmentation"]
-        h, w = (int(v) for v in seg["size"])
-        counts = seg["counts"]
-        rle = {"size": [h, w], "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
+        rle = bytes_counts(r["segmentation"])
+        h, w = rle["size"]
         if segmentation == "polygon":
             polygons = mask_to_polygons(mask_utils.decode(rle), min_polygon_area)
             if not polygons:
@@ -288,7 +280,7 @@ def coco_annotations(records: list[dict[str, Any]], segmentation: str = "rle",
             rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
             out_seg: Any = polygons
         else:
-            out_seg = {"size": [h, w], "counts": rle["counts"].decode("utf-8")}
+            out_seg = str_counts(rle)
         anns.append({
             "segmentation": out_seg,
             "area": int(mask_utils.area(rle)),

@@ -26,13 +26,13 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from amg.cli import main
-from amg.outputs import METADATA_HEADER, decode_mask, mask_colors
-from amg.runner import STATE_DIR
+from amg.dataset.cli import main
+from amg.dataset.outputs import METADATA_HEADER, decode_mask, mask_colors
+from amg.dataset.state import STATE_DIR
 
-from .conftest import shared_path
+from ..conftest import shared_path
+from .mask_cases import border_band
 from .test_cli import PHOTO_HW, check_records, console_script
-from .test_outputs import border_band
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -208,8 +208,9 @@ def test_ray_engine_matches_local_engine(dataset, tmp_path):
     ray = pytest.importorskip("ray", reason='the Ray engine needs Ray Data: pip install "segment-everything[ray]"')
     pytest.importorskip("ray.data", reason='the Ray engine needs Ray Data: pip install "ray[data]"')
     from amg.config import AMGConfig
-    from amg.inputs import collect_images
-    from amg.runner import RunOptions, run_dataset
+    from amg.dataset.inputs import collect_images
+    from amg.dataset.options import RunOptions
+    from amg.dataset.run import run_dataset
 
     out = tmp_path / "out"
     options = RunOptions(output=out, config=AMGConfig.from_preset("default", points_per_side=4),

@@ -1,8 +1,5 @@
-"""Output writers, polygons and record filters on small hand-made masks (exact, fast).
-
-Each fast function is checked against a slow, obvious computation written here: per-pixel
-loops for the label map, brute-force greedy suppression for mask NMS, pycocotools decoding for
-the polygons.
+"""Output writers (:mod:`amg.dataset.outputs`) on small hand-made masks (exact, fast): label
+maps against a per-pixel loop, colours, overlays, COCO annotations and files, the PNG layout.
 """
 
 from __future__ import annotations
@@ -13,168 +10,16 @@ import json
 import cv2
 import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from amg.outputs import (METADATA_HEADER, OutputPaths, assemble_coco, coco_annotations,
-                         coco_json, decode_mask, label_map, mask_colors, metadata_rows,
-                         outline_thickness, overlay_image, write_coco, write_image_outputs)
-from amg.polygons import mask_to_polygons
-from amg.record_filters import apply_record_filters, filter_by_area, mask_nms
+from amg.dataset.outputs import (METADATA_HEADER, OutputPaths, assemble_coco, coco_annotations,
+                                 coco_json, decode_mask, label_map, mask_colors, metadata_rows,
+                                 outline_thickness, overlay_image, write_coco, write_image_outputs)
 from amg.rle import mask_to_coco_rle
 
+from .mask_cases import border_band, box_mask, random_blob, record
+
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-
-def record(mask: np.ndarray, iou: float = 0.9, stability: float = 0.96) -> dict:
-    """A mask record like the generator's (COCO RLE, the reference's bbox convention)."""
-    ys, xs = np.nonzero(mask)
-    return {"segmentation": mask_to_coco_rle(mask), "area": int(mask.sum()),
-            "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())],
-            "predicted_iou": iou, "point_coords": [[float(xs.mean()), float(ys.mean())]],
-            "stability_score": stability, "crop_box": [0, 0, mask.shape[1], mask.shape[0]]}
-
-
-def box_mask(hw, x0, y0, x1, y1) -> np.ndarray:
-    m = np.zeros(hw, bool)
-    m[y0:y1, x0:x1] = True
-    return m
-
-
-def random_blob(rng, hw, sigma=None, level=None) -> np.ndarray:
-    noise = rng.random(hw).astype(np.float32)
-    sigma = float(rng.uniform(0.7, 3.0)) if sigma is None else sigma
-    level = float(rng.uniform(0.4, 0.6)) if level is None else level
-    return cv2.GaussianBlur(noise, (0, 0), sigma) > level
-
-
-def decode_polygons(polygons, h, w) -> np.ndarray:
-    if not polygons:
-        return np.zeros((h, w), bool)
-    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))).astype(bool)
-
-
-# --------------------------------------------------------------------------------------------
-# Polygons
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_polygons_decode_back_exactly(seed):
-    # Random blobs with islands and holes (of every size: min_area=0 keeps all of them).
-    rng = np.random.default_rng(seed)
-    for _ in range(20):
-        h, w = (int(v) for v in rng.integers(3, 70, 2))
-        m = random_blob(rng, (h, w))
-        polygons = mask_to_polygons(m, min_area=0)
-        assert all(len(p) >= 6 and len(p) % 2 == 0 for p in polygons)
-        np.testing.assert_array_equal(decode_polygons(polygons, h, w), m)
-
-
-def test_polygon_holes_are_cut_not_filled():
-    m = box_mask((30, 40), 2, 2, 38, 28)
-    m[6:12, 5:15] = False          # a hole
-    m[15:25, 20:35] = False        # a second hole ...
-    m[18:22, 24:30] = True         # ... with an island inside it
-    polygons = mask_to_polygons(m)
-    assert len(polygons) == 2      # outer ring with both holes bridged in, and the island
-    np.testing.assert_array_equal(decode_polygons(polygons, 30, 40), m)
-    # One polygon per fragment: the holes do not appear as polygons of their own (COCO would
-    # union them and fill the holes).
-    decoded_each = [decode_polygons([p], 30, 40) for p in polygons]
-    assert not decoded_each[0][8, 8] and not decoded_each[0][16, 21]
-
-
-def test_polygon_tolerance_drops_tiny_fragments_and_fills_tiny_holes():
-    m = box_mask((20, 30), 3, 3, 15, 15)
-    m[8, 8] = False                 # one-pixel hole: filled (0.25 px² < 2)
-    m[18, 25] = True                # one-pixel fragment: dropped
-    m[2:4, 20:22] = True            # 2 x 2 fragment: kept (2.25 px²)
-    polygons = mask_to_polygons(m)
-    expected = m.copy()
-    expected[8, 8] = True
-    expected[18, 25] = False
-    np.testing.assert_array_equal(decode_polygons(polygons, 20, 30), expected)
-    assert mask_to_polygons(m, min_area=0) != polygons
-    assert mask_to_polygons(np.zeros((5, 5), bool)) == []
-    assert mask_to_polygons(box_mask((5, 5), 2, 2, 3, 3)) == []  # a lone pixel: nothing left
-    with pytest.raises(ValueError, match="min_area"):
-        mask_to_polygons(m, min_area=-1)
-    with pytest.raises(ValueError, match=r"\(H, W\)"):
-        mask_to_polygons(np.zeros((2, 2, 2)))
-
-
-def test_polygon_vertices_are_corners_only():
-    # A rectangle is 4 vertices (the pixel chain's straight runs are compressed), a quarter
-    # pixel inside the pixel edges.
-    (poly,) = mask_to_polygons(box_mask((10, 10), 2, 3, 7, 9))
-    xs, ys = poly[0::2], poly[1::2]
-    assert len(poly) == 8
-    assert (min(xs), max(xs), min(ys), max(ys)) == (2.25, 6.75, 3.25, 8.75)
-
-
-# --------------------------------------------------------------------------------------------
-# Record filters
-# --------------------------------------------------------------------------------------------
-
-
-def test_filter_by_area_bounds_inclusive():
-    recs = [record(box_mask((10, 10), 0, 0, k, 1)) for k in (1, 3, 5, 7)]  # areas 1, 3, 5, 7
-    assert [r["area"] for r in filter_by_area(recs, 3, 5)] == [3, 5]
-    assert [r["area"] for r in filter_by_area(recs, min_area=4)] == [5, 7]
-    assert [r["area"] for r in filter_by_area(recs, max_area=1)] == [1]
-    assert filter_by_area(recs) == recs
-    with pytest.raises(ValueError, match="min_area"):
-        filter_by_area(recs, 5, 3)
-
-
-def slow_greedy_mask_nms(masks, ious, thresh):
-    def iou(a, b):
-        return (a & b).sum() / (a | b).sum()
-    order = sorted(range(len(masks)), key=lambda i: (-ious[i], i))
-    kept = []
-    for i in order:
-        if all(iou(masks[i], masks[j]) <= thresh for j in kept):
-            kept.append(i)
-    return sorted(kept)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_mask_nms_matches_slow_greedy(seed):
-    rng = np.random.default_rng(seed)
-    base = [random_blob(rng, (40, 50), sigma=4.0, level=0.5) for _ in range(4)]
-    masks = []
-    for b in base:  # near-duplicates of each base mask, and the base itself
-        masks.append(b)
-        for _ in range(2):
-            m = b.copy()
-            m[rng.integers(0, 40, 60), rng.integers(0, 50, 60)] ^= True
-            masks.append(m)
-    masks = [m for m in masks if m.any()]
-    ious = [float(v) for v in rng.choice(np.linspace(0.8, 1.0, 5), len(masks))]  # ties included
-    recs = [record(m, iou) for m, iou in zip(masks, ious)]
-    for thresh in (0.5, 0.8, 0.95, 1.0):
-        kept = mask_nms(recs, thresh)
-        expected = slow_greedy_mask_nms(masks, ious, thresh)
-        assert [recs.index(r) for r in kept] == expected
-
-
-def test_mask_nms_at_threshold_keeps_and_orders():
-    a = box_mask((10, 10), 0, 0, 4, 5)     # 20 px
-    b = box_mask((10, 10), 0, 0, 5, 5)     # 25 px, IoU(a, b) = 0.8 exactly
-    recs = [record(a, 0.90), record(b, 0.95)]
-    assert mask_nms(recs, 0.8) == recs                # IoU not above the threshold: both kept
-    assert mask_nms(recs, 0.79) == [recs[1]]          # the higher predicted IoU wins
-    assert mask_nms([], 0.5) == [] and mask_nms(recs[:1], 0.5) == recs[:1]
-    with pytest.raises(ValueError, match="mask_nms_thresh"):
-        mask_nms(recs, 0.0)
-    # Area first, then NMS: b is too big, so it cannot suppress a.
-    assert apply_record_filters(recs, max_area=20, mask_nms_thresh=0.5) == [recs[0]]
-
-
-# --------------------------------------------------------------------------------------------
-# Label map, colours, overlay
-# --------------------------------------------------------------------------------------------
 
 
 def slow_label_map(masks) -> np.ndarray:
@@ -219,13 +64,6 @@ def test_mask_colors_distinct_and_stable():
         assert c.shape == (n, 3) and c.dtype == np.uint8
         assert len({tuple(v) for v in c}) == n
     np.testing.assert_array_equal(mask_colors(50)[:10], mask_colors(10))
-
-
-def border_band(mask: np.ndarray) -> np.ndarray:
-    """Mask pixels with a 4-neighbour outside the mask (the image edge counts as outside)."""
-    padded = np.pad(mask.astype(np.uint8), 1)
-    inner = cv2.erode(padded, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)))[1:-1, 1:-1]
-    return mask & ~inner.astype(bool)
 
 
 def test_overlay_tints_by_smallest_mask_and_outlines():

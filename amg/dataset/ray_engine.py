@@ -6,11 +6,11 @@ image becomes a row carrying its error, never an exception) -> ``map_batches(Seg
 an actor pool, one model per GPU (``num_gpus=1`` each), or one per CPU slot when the cluster has
 no GPU (``num_cpus=1`` each, one CPU left to decoding), each actor generating, filtering and
 writing the image's files and done marker exactly as the local engine does
-(:class:`amg.runner.ImageProcessor`) -> small result rows ``{index, masks, error, note}``
+(:class:`amg.dataset.processing.ImageProcessor`) -> small result rows ``{index, masks, error, note}``
 streamed back to the driver, which keeps the progress bar and the error list.
 
 The per-image done markers are the shards: the driver merges them into the one COCO file at the
-end (:func:`amg.runner.run_dataset`), so the resume guarantees and the outputs are the local
+end (:func:`amg.dataset.run.run_dataset`), so the resume guarantees and the outputs are the local
 engine's, byte for byte when both use the same torch thread count (``threads``).
 
 Cluster: ``ray_address`` (or the ``RAY_ADDRESS`` environment variable) connects to an existing
@@ -29,9 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from .io import ImageReadError, load_image
-from .runner import (ImageJob, ImageProcessor, Progress, RunOptions, _TorchThreads,
-                     failure_reason, load_generator)
+from ..io import ImageReadError, load_image
+from .jobs import ImageJob
+from .options import RunOptions
+from .processing import ImageProcessor, failure_reason, load_generator
+from .progress import Progress
+from .threads import TorchThreads
 
 __all__ = ["run_ray_jobs", "SegmentActor", "decode_row", "plan_actors"]
 
@@ -58,13 +61,13 @@ class SegmentActor:
     """Ray Data actor: one model replica that turns decoded rows into outputs on disk.
 
     Args:
-        options: the run's :class:`amg.runner.RunOptions`.
+        options: the run's :class:`amg.dataset.options.RunOptions`.
         device: torch device of this replica (``cuda`` gets the actor's GPU).
         threads: torch intra-op threads (``None``: torch's default).
     """
 
     def __init__(self, options: RunOptions, device: str, threads: int | None) -> None:
-        self._threads = _TorchThreads(threads)
+        self._threads = TorchThreads(threads)
         self._threads.__enter__()  # for the actor's life
         self.processor = ImageProcessor(load_generator(options, device), options)
 

@@ -2,7 +2,7 @@
 filters, resume and its guards, the run lock, and the engine flags.
 
 A fake generator returns hand-made masks sized to each image (fast); the real-model runs are in
-``test_dataset_run.py``.
+``test_run.py``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+import amg.dataset.run
 import amg.generator
-import amg.runner
-from amg.cli import main
-from amg.runner import STATE_DIR
+from amg.dataset.cli import main
+from amg.dataset.state import STATE_DIR
 
-from .conftest import shared_path
-from .test_outputs import record
+from ..conftest import shared_path
+from .mask_cases import record
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -180,10 +180,10 @@ def test_engine_flags_reach_the_run(tmp_path, capsys, monkeypatch):
 
     def fake_run(images, options):
         seen.append((images, options))
-        return amg.runner.RunSummary(total=1, done=1, resumed=0, failed=[], masks=0,
-                                     seconds=1.0, processed=1)
+        return amg.dataset.run.RunSummary(total=1, done=1, resumed=0, failed=[], masks=0,
+                                          seconds=1.0, processed=1)
 
-    monkeypatch.setattr(amg.runner, "run_dataset", fake_run)
+    monkeypatch.setattr(amg.dataset.run, "run_dataset", fake_run)
     rc = main([str(shared_path("images", "dog.jpg")), "-o", str(tmp_path / "out"), "--engine", "ray",
                "--ray-address", "ray://head:10001", "--ray-actors", "3", "--device", "cuda",
                "--threads", "2", "--workers", "5", "--overwrite"])

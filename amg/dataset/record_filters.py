@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ..rle import bytes_counts
+
 __all__ = ["filter_by_area", "mask_nms", "apply_record_filters"]
 
 
@@ -56,7 +58,7 @@ def mask_iou_matrix(records: list[dict[str, Any]]) -> np.ndarray:
     n = len(records)
     if n == 0:
         return np.zeros((0, 0))
-    rles = [_as_bytes_rle(r["segmentation"]) for r in records]
+    rles = [bytes_counts(r["segmentation"]) for r in records]
     return np.asarray(mask_utils.iou(rles, rles, [0] * n), dtype=np.float64).reshape(n, n)
 
 
@@ -104,12 +106,3 @@ def apply_record_filters(records: list[dict[str, Any]], *, min_area: int | None 
     if mask_nms_thresh is not None:
         records = mask_nms(records, mask_nms_thresh)
     return records
-
-
-def _as_bytes_rle(seg: dict[str, Any]) -> dict[str, Any]:
-    counts = seg["counts"]
-    if isinstance(counts, str):
-        counts = counts.encode("utf-8")
-    elif isinstance(counts, list):
-        raise ValueError("mask_nms needs COCO (compressed) RLE segmentations, got uncompressed RLE")
-    return {"size": list(seg["size"]), "counts": counts}

@@ -5,10 +5,10 @@
                        [--points-per-side 16 ...] [--min-area N] [--mask-nms-thresh 0.8]
                        [--engine local|ray] [--overwrite] [--device cpu]
 
-Inputs are collected by :func:`amg.inputs.collect_images`, the run is :func:`amg.runner.run_dataset`
-(outputs: :mod:`amg.outputs`; resumable; bad images recorded in ``DIR/errors.csv``). Exit code:
-0 every image done, 1 some image failed, 2 bad arguments or a run that cannot start, 130
-interrupted (Ctrl-C; run again to resume).
+Inputs are collected by :func:`amg.dataset.inputs.collect_images`, the run is
+:func:`amg.dataset.run.run_dataset` (outputs: :mod:`amg.dataset.outputs`; resumable; bad images
+recorded in ``DIR/errors.csv``). Exit code: 0 every image done, 1 some image failed, 2 bad
+arguments or a run that cannot start, 130 interrupted (Ctrl-C; run again to resume).
 """
 
 from __future__ import annotations
@@ -16,23 +16,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from .config import AMGConfig, ConfigError
+from ..config import AMGConfig, ConfigError, Parameter, parameters
 from .inputs import collect_images
 from .outputs import FORMATS, SEGMENTATIONS
 
-# AMG parameters exposed as flags, with their types (point_grids and output_mode are not:
-# grids come from presets, and the outputs are always made from COCO RLE records).
-FLAG_TYPES = {
-    "points_per_side": int, "points_per_batch": int, "pred_iou_thresh": float,
-    "stability_score_thresh": float, "stability_score_offset": float, "box_nms_thresh": float,
-    "crop_n_layers": int, "crop_nms_thresh": float, "crop_overlap_ratio": float,
-    "crop_n_points_downscale_factor": int, "min_mask_region_area": int,
-    "decoder_chunk_size": int, "input_size": int, "compute_dtype": str, "max_masks": int,
-    "nested_mask_penalty": float, "reserve_pred_iou_thresh": float,
-    "reserve_stability_score_thresh": float, "refine_crop_n_layers": int,
-    "island_area_frac": float,
-}
+# The generation parameters exposed as flags, derived from AMGConfig's fields (point_grids and
+# output_mode are not: grids come from presets, and the outputs are made from COCO RLE records).
+GENERATION_FLAGS = tuple(p for p in parameters() if p.flag)
 
 
 def _formats(text: str) -> list[str]:
@@ -103,13 +95,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-actors", type=int, default=None, metavar="N",
                      help="model replicas under Ray (default: one per GPU, or CPUs - 1)")
 
-    amg = p.add_argument_group("generation parameters (override the preset)")
-    for name, typ in FLAG_TYPES.items():
-        amg.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
-                         metavar=typ.__name__.upper())
-    amg.add_argument("--fill-holes", dest="fill_holes", action=argparse.BooleanOptionalAction,
-                     default=None, help="fill every hole of each kept mask (not in the reference)")
+    gen = p.add_argument_group(
+        "generation parameters",
+        "override the preset's values; the defaults shown are AMGConfig's, which the default "
+        "preset keeps")
+    for param in GENERATION_FLAGS:
+        _add_generation_flag(gen, param)
     return p
+
+
+def _add_generation_flag(group: Any, param: Parameter) -> None:
+    """Add ``--name-with-dashes`` for an :class:`AMGConfig` field to ``group`` (an argparse
+    parser or argument group): its type (booleans as
+    ``--x/--no-x``), choices, one-line help and default; unset flags stay ``None`` (the preset
+    decides)."""
+    flag = "--" + param.name.replace("_", "-")
+    help = f"{param.help} (default: {param.default_label()})".replace("%", "%%")
+    if param.type is bool:
+        group.add_argument(flag, dest=param.name, action=argparse.BooleanOptionalAction,
+                           default=None, help=help)
+    elif param.choices is not None:
+        group.add_argument(flag, dest=param.name, type=param.type, choices=param.choices,
+                           default=None, help=help)
+    else:
+        group.add_argument(flag, dest=param.name, type=param.type, default=None,
+                           metavar=param.type.__name__.upper(), help=help)
 
 
 def _error(msg: object) -> int:
@@ -121,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (0 all images done, 1 some failed, 2 usage,
     130 interrupted)."""
     args = build_parser().parse_args(argv)
-    overrides = {k: getattr(args, k) for k in (*FLAG_TYPES, "fill_holes") if getattr(args, k) is not None}
-    from .runner import RunLocked, RunMismatch, RunOptions, run_dataset
+    overrides = {p.name: getattr(args, p.name) for p in GENERATION_FLAGS
+                 if getattr(args, p.name) is not None}
+    from .options import RunOptions
+    from .run import run_dataset
+    from .state import RunLocked, RunMismatch
 
     try:
         config = AMGConfig.from_preset(args.config, **overrides)

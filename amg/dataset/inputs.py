@@ -2,7 +2,7 @@
 
 An input is one of
 - an image file, taken as given (whatever its extension, so a bad one is reported, not skipped);
-- a folder: its image files (jpg/jpeg/png/bmp/tif/tiff/webp) searched recursively, or the files
+- a folder: its image files (:data:`IMAGE_EXTENSIONS`) searched recursively, or the files
   matching ``pattern`` (``Path.glob`` syntax relative to the folder, e.g. ``"**/*.png"`` or
   ``"*.jpg"``), sorted by path, hidden files and folders excluded;
 - a list file, given as ``@list.txt`` or with ``--list``: one path per line (a file or folder,
@@ -14,12 +14,13 @@ The result is de-duplicated (by resolved path, first occurrence kept) and keeps 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Iterable
 
-from .io import find_images
+__all__ = ["IMAGE_EXTENSIONS", "collect_images", "find_images", "folder_images",
+           "read_list_file", "unique_paths"]
 
-__all__ = ["collect_images", "read_list_file", "coco_file_names"]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def read_list_file(path: str | Path) -> list[Path]:
@@ -43,11 +44,60 @@ def read_list_file(path: str | Path) -> list[Path]:
     return out
 
 
-def _folder_files(folder: Path, pattern: str | None) -> list[Path]:
-    if pattern is None:
-        return find_images([folder])  # image extensions, recursive, hidden excluded, sorted
-    return sorted(f for f in folder.glob(pattern) if f.is_file()
+def folder_images(folder: Path, pattern: str | None = None, recursive: bool = True) -> list[Path]:
+    """The files a folder contributes, sorted by path, hidden files and folders excluded.
+
+    Args:
+        folder: the folder.
+        pattern: ``Path.glob`` pattern relative to ``folder`` (any extension); ``None``: the
+            files with an image extension (:data:`IMAGE_EXTENSIONS`, any case).
+        recursive: with ``pattern=None``, search sub-folders too.
+    """
+    glob = pattern if pattern is not None else ("**/*" if recursive else "*")
+    return sorted(f for f in folder.glob(glob)
+                  if f.is_file()
+                  and (pattern is not None or f.suffix.lower() in IMAGE_EXTENSIONS)
                   and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+
+
+def unique_paths(paths: Iterable[Path]) -> list[Path]:
+    """``paths`` without repeats of the same file (compared by resolved path), first kept."""
+    seen, unique = set(), []
+    for f in paths:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def _expand(items: Iterable[tuple[Path, str]], pattern: str | None, recursive: bool) -> list[Path]:
+    """Files as given, folders as :func:`folder_images`, de-duplicated; ``origin`` names where
+    a missing path came from (``"input"`` or ``"listed in FILE"``)."""
+    found: list[Path] = []
+    for p, origin in items:
+        if p.is_dir():
+            found.extend(folder_images(p, pattern, recursive))
+        elif p.is_file():
+            found.append(p)
+        elif origin == "input":
+            raise FileNotFoundError(f"input not found: {p}")
+        else:
+            raise FileNotFoundError(f"input not found: {p} ({origin})")
+    return unique_paths(found)
+
+
+def find_images(inputs: list[str | Path], recursive: bool = True) -> list[Path]:
+    """Expand files and folders into a de-duplicated list of image paths.
+
+    Files are taken as given, in the order given (whatever their extension, so a bad one is
+    reported rather than skipped silently); folders contribute their files with an image
+    extension (:func:`folder_images`).
+
+    Raises:
+        FileNotFoundError: an input path does not exist.
+    """
+    return _expand(((Path(p), "input") for p in inputs), None, recursive)
 
 
 def collect_images(inputs: list[str | Path], list_files: list[str | Path] = (),
@@ -74,52 +124,4 @@ def collect_images(inputs: list[str | Path], list_files: list[str | Path] = (),
             items.append((Path(s), "input"))
     for lf in list_files:
         items.extend((p, f"listed in {lf}") for p in read_list_file(lf))
-
-    found: list[Path] = []
-    for p, origin in items:
-        if p.is_dir():
-            found.extend(_folder_files(p, pattern))
-        elif p.is_file():
-            found.append(p)
-        elif origin == "input":
-            raise FileNotFoundError(f"input not found: {p}")
-        else:
-            raise FileNotFoundError(f"input not found: {p} ({origin})")
-    seen, unique = set(), []
-    for f in found:
-        key = f.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique
-
-
-def coco_file_names(paths: list[Path], image_root: str | Path | None = None) -> list[str]:
-    """The COCO ``file_name`` of each image: its path relative to ``image_root``, '/'-separated.
-
-    Args:
-        paths: the run's image paths.
-        image_root: the folder names are relative to; ``None``: the deepest folder holding
-            every image (for one input folder, that folder: ``dog.jpg``, ``sub/cat.png``).
-
-    Returns:
-        One name per path; distinct paths give distinct names, and the same inputs give the
-        same names in every run.
-
-    Raises:
-        ValueError: an image is not under ``image_root`` (the message names both).
-    """
-    if not paths:
-        return []
-    resolved = [p.resolve() for p in paths]
-    if image_root is None:
-        root = Path(os.path.commonpath([str(p.parent) for p in resolved]))
-    else:
-        root = Path(image_root).resolve()
-    names = []
-    for p, r in zip(paths, resolved):
-        try:
-            names.append(r.relative_to(root).as_posix())
-        except ValueError:
-            raise ValueError(f"image {p} is not under --image-root {image_root}") from None
-    return names
+    return _expand(items, pattern, recursive=True)
