@@ -98,7 +98,6 @@ def check_rle(rle: dict[str, Any]) -> tuple[int, int, list[int]]:
 
 
 # amg/ranking.py still imports the old private name; it goes once it imports check_rle.
-_check_rle = check_rle
 
 
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
