@@ -217,8 +217,9 @@ class MaskGenerator:
         # and columns that reach the image (the rest is padding).
         ay, ax = model.low_res_to_image(emb)
         with record_function("amg.mask_decoder"):
+            options = {} if cfg.decoder_chunk_size is None else {"chunk_size": cfg.decoder_chunk_size}
             decoder = model.point_decoder(emb, self.compute_dtype, RegionUpscaler.needed_low_res(ay, ax),
-                                          chunk_size=cfg.decoder_chunk_size)
+                                          **options)
         upscaler = RegionUpscaler(decoder.low_res_hw, ay, ax, model.device)
         token_hw = (decoder.low_res_hw[0] // 4, decoder.low_res_hw[1] // 4)
         reject = [s.reject_window(upscaler, model.mask_threshold)
