@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .family_model import FamilyModel
 from .checkpoints import (EFFICIENT_SAM_CHECKPOINTS, CheckpointError, CheckpointMismatch,
                           cache_dir, check_state_dict, describe_efficient_sam_architecture,
                           detect_efficient_sam_architecture, read_efficient_sam_state_dict)
@@ -65,7 +66,7 @@ class EfficientSamEmbedding:
         return tuple(self.embedding.shape[-2:])
 
 
-class EfficientSam(nn.Module):
+class EfficientSam(FamilyModel):
     """EfficientSAM: plain ViT image encoder + prompt encoder + mask decoder (official keys
     ``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``; the pixel mean/std buffers
     are not in the state dict, as in the official model).
@@ -84,25 +85,9 @@ class EfficientSam(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(-1, 1, 1), False)
 
     @property
-    def device(self) -> torch.device:
-        """The device of the model's parameters."""
-        return self.pixel_mean.device
-
-    @property
     def input_size(self) -> int:
         """Side of the square model input in pixels (1024)."""
         return self.cfg.encoder.img_size
-
-    @property
-    def mask_threshold(self) -> float:
-        """Logit threshold of the mask (0.0)."""
-        return self.cfg.mask_threshold
-
-    def set_fused_attention(self, fused: bool) -> None:
-        """Use fused SDPA attention (default) or the written-out softmax(QK^T)V everywhere."""
-        for m in self.modules():
-            if hasattr(m, "fused"):
-                m.fused = fused
 
     # ---------------------------------------------------------------- image side
     def preprocess(self, image: np.ndarray) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .family_model import FamilyModel
 from .configs import SamConfig, TinyViTConfig
 from .factored_decoder import FactoredGridDecoder, FactoredPointDecoder
 from .mask_decoder import MULTIMASK, SINGLE_MASK, MaskDecoder, upscale_mask_logits
@@ -190,7 +191,7 @@ def input_size_view(model: nn.Module, size: int) -> nn.Module:
     return view
 
 
-class Sam(nn.Module):
+class Sam(FamilyModel):
     """Segment Anything: image encoder + prompt encoder + mask decoder (official key layout).
 
     Args:
@@ -208,11 +209,6 @@ class Sam(nn.Module):
         self.mask_decoder = MaskDecoder(cfg.decoder)
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(-1, 1, 1), False)
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the model's parameters."""
-        return self.pixel_mean.device
 
     @property
     def input_size(self) -> int:
@@ -242,17 +238,6 @@ class Sam(nn.Module):
             ValueError: ``size`` is not an integer multiple of 16 in [256, 4096].
         """
         return input_size_view(self, size)
-
-    @property
-    def mask_threshold(self) -> float:
-        """Logit threshold of the mask (0.0)."""
-        return self.cfg.mask_threshold
-
-    def set_fused_attention(self, fused: bool) -> None:
-        """Use fused SDPA attention (default) or the written-out softmax(QK^T)V everywhere."""
-        for m in self.modules():
-            if hasattr(m, "fused"):
-                m.fused = fused
 
     # ---------------------------------------------------------------- image side
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .family_model import FamilyModel
 from .fpn_neck import FpnNeck
 from .hiera import Hiera
 from .point_decoder import DecodedMasks, RejectWindow, apply_filters
@@ -80,7 +81,7 @@ class Sam2ImageEncoder(nn.Module):
         return self.neck(self.trunk(x))
 
 
-class Sam2(nn.Module):
+class Sam2(FamilyModel):
     """SAM 2.1 image model with the official image-mode state-dict layout (``image_encoder``,
     ``sam_prompt_encoder``, ``sam_mask_decoder``, ``no_mem_embed``).
 
@@ -99,25 +100,9 @@ class Sam2(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(-1, 1, 1), False)
 
     @property
-    def device(self) -> torch.device:
-        """The device of the model's parameters."""
-        return self.no_mem_embed.device
-
-    @property
     def input_size(self) -> int:
         """Side of the square model input in pixels (1024)."""
         return self.cfg.image_size
-
-    @property
-    def mask_threshold(self) -> float:
-        """Logit threshold of the mask (0.0)."""
-        return self.cfg.mask_threshold
-
-    def set_fused_attention(self, fused: bool) -> None:
-        """Use fused SDPA attention (default) or the written-out softmax(QK^T)V everywhere."""
-        for m in self.modules():
-            if hasattr(m, "fused"):
-                m.fused = fused
 
     # ---------------------------------------------------------------- image side
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
