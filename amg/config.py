@@ -356,6 +356,24 @@ def preset_dirs() -> list[Path]:
             Path(sys.prefix) / "share" / "segment-everything" / "configs"]
 
 
+def preset_summaries() -> dict[str, str]:
+    """Every named preset with its one-line summary, sorted by name: the preset file's
+    ``# summary: ...`` line, else its first comment line, else ``""``. Where a name is in
+    several :func:`preset_dirs`, the first one's file counts (as in :func:`preset_path`)."""
+    out: dict[str, str] = {}
+    for d in preset_dirs():
+        for f in sorted(d.glob("*.yaml")) if d.is_dir() else ():
+            if f.stem in out:
+                continue
+            try:
+                comments = [ln[1:].strip() for ln in f.read_text().splitlines() if ln.startswith("#")]
+            except OSError:
+                comments = []
+            tagged = [c[len("summary:"):].strip() for c in comments if c.startswith("summary:")]
+            out[f.stem] = (tagged or comments or [""])[0]
+    return dict(sorted(out.items()))
+
+
 def preset_path(name_or_path: str) -> Path:
     """Resolve a preset name or a YAML path.
 

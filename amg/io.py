@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -142,6 +143,23 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageReadError(f"{path}: image has zero size {rgb.shape[:2]}")
     return np.ascontiguousarray(rgb), note
+
+
+def example_image() -> Path:
+    """The sample photo shipped with the project, ``dog.jpg`` (800 x 534, Apache-2.0, from the
+    official Segment Anything repository; ``examples/README.md``): ``examples/dog.jpg`` of the
+    source tree (checkouts and editable installs), else
+    ``<prefix>/share/segment-everything/examples/dog.jpg`` (wheel installs).
+
+    Raises:
+        FileNotFoundError: in neither place (the message names both).
+    """
+    places = [Path(__file__).resolve().parent.parent / "examples" / "dog.jpg",
+              Path(sys.prefix) / "share" / "segment-everything" / "examples" / "dog.jpg"]
+    for p in places:
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f"the sample photo is in neither {places[0]} nor {places[1]}")
 
 
 @contextlib.contextmanager

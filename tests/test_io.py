@@ -355,3 +355,15 @@ def test_write_atomic_keyboard_interrupt_cleans_up(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_atomic(p, b"data")
     assert os.listdir(tmp_path) == []
+
+
+def test_example_image_is_the_shipped_dog_photo(tmp_path, monkeypatch):
+    """The README's sample photo, found from any directory, identical to the shared dog.jpg."""
+    from amg.io import example_image
+    monkeypatch.chdir(tmp_path)
+    path = example_image()
+    assert path.is_absolute() and path.parent.name == "examples"
+    assert path.read_bytes() == shared_path("images", "dog.jpg").read_bytes()
+    assert "Apache License 2.0" in (path.parent / "README.md").read_text()
+    assert load_image(path)[0].shape == (534, 800, 3)
+
