@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -386,3 +387,34 @@ def test_version(capsys):
     except metadata.PackageNotFoundError:
         expected = "0.1.0 (not installed)"
     assert out == f"segment-everything {expected}"
+
+
+# --------------------------------------------------------------------------------------------
+# Large images: the overlay is blended in bands of rows (memory), with the same pixels
+# --------------------------------------------------------------------------------------------
+
+
+def test_overlay_in_bands_equals_the_whole_image_formula():
+    from amg.dataset.outputs import label_map, mask_colors, overlay_image
+    from amg.rle import mask_to_coco_rle
+    rng = np.random.default_rng(5)
+    hw = (700, 90)  # three bands of 256 rows, the last one partial
+    image = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    masks = []
+    for y0, y1 in ((0, 300), (200, 650), (240, 260)):
+        m = np.zeros(hw, bool)
+        m[y0:y1, 10:80] = True
+        masks.append(m)
+    recs = [{"segmentation": mask_to_coco_rle(m), "area": int(m.sum())} for m in masks]
+    labels = label_map(recs, hw)
+    lut = np.zeros((len(recs) + 1, 3), np.uint16)
+    lut[1:] = mask_colors(len(recs))
+    whole = np.where((labels > 0)[..., None],
+                     ((image.astype(np.uint16) + lut[labels] + 1) >> 1).astype(np.uint8), image)
+    out = overlay_image(image, recs, labels)
+    inner = np.zeros(hw, bool)  # away from the outlines drawn afterwards
+    inner[:, 14:76] = True
+    for y in (0, 200, 240, 260, 300, 650):
+        inner[max(0, y - 3):y + 3] = False
+    np.testing.assert_array_equal(out[inner], whole[inner])
+    assert (out[inner] != image[inner]).any()
