@@ -223,7 +223,7 @@ def test_max_pixels_refuses_from_the_header_without_pillow_warnings(tmp_path, si
         with pytest.raises(ImageSizeError) as ei:
             load_image(p)
     assert str(ei.value) == (f"{p}: image is {w} x {h} = {w * h / 1e6:.1f} MP, above the limit of "
-                             f"50 MP (--max-pixels {DEFAULT_MAX_PIXELS})")
+                             f"16 MP (--max-pixels {DEFAULT_MAX_PIXELS})")
 
 
 def test_max_pixels_argument(tmp_path):

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                      help="refuse larger images (listed in errors.csv) before decoding them; 0: "
                           f"no limit (default: {DEFAULT_MAX_PIXELS}, which keeps a run within 2 GB "
-                          "of memory)")
+                          "of memory; memory grows with the pixel count)")
     run.add_argument("--engine", choices=("local", "ray"), default="local",
                      help="local, or ray (Ray Data over a Ray cluster) (default: local)")
     run.add_argument("--ray-address", default=None, metavar="ADDRESS",
@@ -201,9 +201,9 @@ def _add_generation_flag(group: Any, param: Parameter) -> None:
 
 
 def _error(msg: object, code: int = 2) -> int:
-    """Print ``segment-everything: error: <msg>`` (one line) on stderr; returns ``code``."""
-    text = " ".join(str(msg).split("\n")[0].split()) if "\n" not in str(msg).strip() else str(msg)
-    print(f"segment-everything: error: {text}", file=sys.stderr)
+    """Print ``segment-everything: error: <msg>`` on stderr (one line; only a failed weight
+    download lists its sources below it); returns ``code``."""
+    print(f"segment-everything: error: {msg}", file=sys.stderr)
     return code
 
 

@@ -327,8 +327,8 @@ def test_max_pixels_names_image_and_limit(tmp_path, capsys, box_generator):
         warnings.simplefilter("error")
         assert main([str(inp), "-o", str(out), "--no-progress"]) == 1
     assert error_rows(out) == {
-        "huge.png": "image is 10000 x 9000 = 90.0 MP, above the limit of 50 MP "
-                    "(--max-pixels 50000000)"}
+        "huge.png": "image is 10000 x 9000 = 90.0 MP, above the limit of 16 MP "
+                    "(--max-pixels 16000000)"}
     assert main([str(inp), "-o", str(tmp_path / "o2"), "--max-pixels", "400000"]) == 1
     assert error_rows(tmp_path / "o2")["dog.jpg"] == (
         "image is 800 x 534 = 0.4 MP, above the limit of 0.4 MP (--max-pixels 400000)")
@@ -418,3 +418,19 @@ def test_overlay_in_bands_equals_the_whole_image_formula():
         inner[max(0, y - 3):y + 3] = False
     np.testing.assert_array_equal(out[inner], whole[inner])
     assert (out[inner] != image[inner]).any()
+
+
+def test_unexpected_error_is_one_line_unless_debugging(tmp_path, capsys, monkeypatch):
+    import amg.dataset.run
+
+    def boom(images, options):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(amg.dataset.run, "run_dataset", boom)
+    monkeypatch.delenv("SEGMENT_EVERYTHING_DEBUG", raising=False)
+    assert main([DOG, "-o", str(tmp_path / "out")]) == 1
+    assert one_error_line(capsys.readouterr().err) == (
+        "unexpected RuntimeError: boom (set SEGMENT_EVERYTHING_DEBUG=1 for the traceback)")
+    monkeypatch.setenv("SEGMENT_EVERYTHING_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        main([DOG, "-o", str(tmp_path / "out")])
