@@ -251,7 +251,9 @@ def _run(args: argparse.Namespace) -> int:
             return _error("no INPUT given (image files, folders, @list files or --list FILE)")
         images = collect_images(args.inputs, args.list_files, args.pattern)
     except ConfigError as exc:
-        return _error(f"{exc} (--config {args.config} and the generation flags)")
+        flag = next((n for n in overrides if str(exc).startswith(n + " ")), None)
+        where = f"--{flag.replace('_', '-')}: " if flag else ""
+        return _error(f"{where}{exc}" + ("" if flag else f" (with --config {args.config})"))
     except (ValueError, FileNotFoundError) as exc:
         return _error(exc)
     if not images:

@@ -131,8 +131,8 @@ def test_huge_points_per_side_fails_at_once(tmp_path, capsys, box_generator):
     out = tmp_path / "out"
     assert main([DOG, "-o", str(out), "--points-per-side", "100000"]) == 2
     assert one_error_line(capsys.readouterr().err) == (
-        "points_per_side must be an integer in [1, 1024] (at most one grid point per model-input "
-        "pixel), got 100000 (--config default and the generation flags)")
+        "--points-per-side: points_per_side must be an integer in [1, 1024] (at most one grid "
+        "point per model-input pixel), got 100000")
     assert not out.exists() and box_generator == []
 
 
