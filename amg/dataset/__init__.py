@@ -9,6 +9,7 @@ module                 job
 ``options``            :class:`~amg.dataset.options.RunOptions`: every setting of a run, validated
 ``jobs``               :class:`~amg.dataset.jobs.ImageJob`: one image of a run, and the job list
 ``state``              run state and resume: stored parameters, done markers, the run lock
+``preflight``          checks before a run writes anything: output folder, device, weights
 ``processing``         one decoded image to its outputs and done marker (both engines)
 ``progress``           progress bar, error list (``errors.csv``), counts
 ``run``                :func:`~amg.dataset.run.run_dataset`: prepare, process, finish

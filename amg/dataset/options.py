@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..config import AMGConfig
+from ..io import DEFAULT_MAX_PIXELS
 from .outputs import FORMATS, SEGMENTATIONS
 from .polygons import DEFAULT_MIN_POLYGON_AREA
 
@@ -50,6 +51,8 @@ class RunOptions:
         ray_address: Ray cluster address (``None``: ``RAY_ADDRESS`` if set, else a local one).
         ray_actors: model replicas under Ray (``None``: one per GPU, or one per CPU but one).
         progress: show a tqdm progress bar (on stderr).
+        max_pixels: images with more pixels are refused (listed in ``errors.csv``) before they
+            are decoded (``None``: no limit); the default keeps a run within 2 GB of memory.
     """
 
     output: Path
@@ -71,6 +74,7 @@ class RunOptions:
     ray_address: str | None = None
     ray_actors: int | None = None
     progress: bool = True
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -109,6 +113,13 @@ class RunOptions:
             raise ValueError(f"--threads must be an integer >= 1, got {self.threads!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"--engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        if self.max_pixels is not None and (not isinstance(self.max_pixels, int)
+                                            or isinstance(self.max_pixels, bool)
+                                            or self.max_pixels < 1):
+            raise ValueError(f"--max-pixels must be an integer >= 1, got {self.max_pixels!r}")
+        if self.device is not None and (not isinstance(self.device, str) or not self.device.strip()):
+            raise ValueError(f"--device must be a torch device name such as cpu or cuda, got "
+                             f"{self.device!r}")
         if self.ray_actors is not None and (not isinstance(self.ray_actors, int) or self.ray_actors < 1):
             raise ValueError(f"--ray-actors must be an integer >= 1, got {self.ray_actors!r}")
 

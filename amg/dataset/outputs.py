@@ -186,8 +186,13 @@ def overlay_image(image: np.ndarray, records: list[dict[str, Any]],
     colors = mask_colors(len(records))
     lut = np.zeros((len(records) + 1, 3), np.uint16)  # row 0: no mask
     lut[1:] = colors
-    blended = ((image.astype(np.uint16) + lut[labels] + 1) >> 1).astype(np.uint8)
-    out = np.where((labels > 0)[..., None], blended, image)
+    out = image.copy()
+    for y in range(0, hw[0], 256):  # in bands of rows: a few bytes per pixel of a band at most
+        lab = labels[y:y + 256]
+        covered = lab > 0
+        if covered.any():
+            photo = out[y:y + 256]
+            photo[covered] = (photo[covered].astype(np.uint16) + lut[lab[covered]] + 1) >> 1
     thickness = outline_thickness(hw)
     for i in _paint_order(records):
         seg = records[i]["segmentation"]

@@ -1,21 +1,49 @@
-"""One image of a run, the same in both engines: generate, apply the record filters, write the
-image's files, then its done marker (last, atomically); and a failure as a one-line reason."""
+"""One image of a run, the same in both engines: decode it (size limits), generate, apply the
+record filters, write the image's files, then its done marker (last, atomically); and a failure
+as a one-line reason. A write that fails because the disk is full (or the quota exhausted, or
+the file system read-only) stops the run (:class:`~amg.dataset.state.RunStopped`) instead of
+failing image after image: the finished images stay, and the same command resumes."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..io import ImageReadError, remove_temp_files
+from ..io import ImageReadError, check_image_size, load_image, remove_temp_files
 from .jobs import ImageJob
 from .options import RunOptions
 from .outputs import OutputPaths, coco_annotations, write_image_outputs
 from .record_filters import apply_record_filters
-from .state import RunState
+from .state import RunState, RunStopped
 
-__all__ = ["ImageProcessor", "load_generator", "failure_reason"]
+__all__ = ["ImageProcessor", "decode_image", "load_generator", "failure_reason", "STOP_ERRNOS",
+           "stop_reason"]
+
+# Write errors that no later image can escape: the run stops (and resumes when fixed).
+STOP_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def stop_reason(exc: BaseException) -> str | None:
+    """For an ``OSError`` whose errno is in :data:`STOP_ERRNOS`, its one-line reason (e.g.
+    ``"No space left on device"``); else ``None``."""
+    if isinstance(exc, OSError) and exc.errno in STOP_ERRNOS:
+        return exc.strerror or str(exc)
+    return None
+
+
+def decode_image(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str | None]:
+    """:func:`amg.io.load_image` with the run's ``max_pixels``, then
+    :func:`amg.io.check_image_size` (the generator's smallest sides).
+
+    Raises:
+        amg.io.ImageReadError: see both (an :class:`amg.io.ImageSizeError` for the limits).
+    """
+    image, note = load_image(path, max_pixels=max_pixels)
+    check_image_size(path, *image.shape[:2])
+    return image, note
 
 
 def load_generator(options: RunOptions, device: str) -> Any:
@@ -57,17 +85,26 @@ class ImageProcessor:
         """Write the image's files, then its done marker; returns the number of masks.
 
         Raises:
-            OSError: a file cannot be written; ValueError: see
+            RunStopped: the disk is full (or see :data:`STOP_ERRNOS`); the image is not marked
+                done, so a resumed run redoes it.
+            OSError: another write failure; ValueError: see
                 :func:`amg.dataset.outputs.label_map`.
         """
         o = self.options
-        remove_temp_files(self.paths.png_dir(job.stem))
-        write_image_outputs(self.paths, job.stem, image, records, o.formats)
-        part: dict[str, Any] = {"height": int(image.shape[0]), "width": int(image.shape[1]),
-                                "masks": len(records)}
-        if "coco" in o.formats:
-            part["annotations"] = coco_annotations(records, o.segmentation, o.min_polygon_area)
-        self.state.mark_done(job, part)
+        try:
+            remove_temp_files(self.paths.png_dir(job.stem))
+            write_image_outputs(self.paths, job.stem, image, records, o.formats)
+            part: dict[str, Any] = {"height": int(image.shape[0]), "width": int(image.shape[1]),
+                                    "masks": len(records)}
+            if "coco" in o.formats:
+                part["annotations"] = coco_annotations(records, o.segmentation, o.min_polygon_area)
+            self.state.mark_done(job, part)
+        except OSError as exc:
+            reason = stop_reason(exc)
+            if reason is None:
+                raise
+            raise RunStopped(f"cannot write the outputs of {job.path} in {o.output}: "
+                             f"{reason}") from None
         return len(records)
 
     def process(self, job: ImageJob, image: np.ndarray) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 from ..io import write_atomic
 from .jobs import ImageJob
 
-__all__ = ["STATE_DIR", "RunMismatch", "RunLocked", "RunState"]
+__all__ = ["STATE_DIR", "RunMismatch", "RunLocked", "RunStopped", "RunState"]
 
 STATE_DIR = ".segment-everything"
 
@@ -28,6 +28,11 @@ class RunMismatch(ValueError):
 
 class RunLocked(RuntimeError):
     """Another run is writing to the same output folder."""
+
+
+class RunStopped(RuntimeError):
+    """The run stopped before its end because its outputs cannot be written (disk full, quota,
+    read-only file system); finished images are kept and the same command resumes the run."""
 
 
 class RunState:
@@ -74,7 +79,7 @@ class RunState:
             shutil.rmtree(self.done_dir)
 
     def check_parameters(self, fingerprint: dict[str, Any]) -> None:
-        """Store the run's parameters, or compare them with the stored ones.
+        """Compare the run's parameters with the stored ones, if any (nothing is written).
 
         Raises:
             RunMismatch: the folder holds a run with other parameters (each difference named).
@@ -91,8 +96,24 @@ class RunState:
                     f"{self.dir.parent} holds a run started with other parameters ({diffs}); "
                     f"run again with the same parameters to resume it, or add --overwrite to "
                     f"start over")
-            return
-        write_atomic(path, json.dumps(_jsonable(fingerprint), indent=1, sort_keys=True))
+
+    def store_parameters(self, fingerprint: dict[str, Any]) -> None:
+        """Store the run's parameters in ``run.json`` (once the run has really started)."""
+        path = self.dir / "run.json"
+        if not path.is_file():
+            write_atomic(path, json.dumps(_jsonable(fingerprint), indent=1, sort_keys=True))
+
+    def discard_unstarted(self, created: list[Path]) -> None:
+        """Undo what taking the lock created when the run did not start: the lock file when
+        the state folder is among ``created``, then each folder of ``created`` (deepest first)
+        that is empty."""
+        if self.dir in created:
+            (self.dir / "lock").unlink(missing_ok=True)
+        for folder in sorted(created, key=lambda f: len(f.parts), reverse=True):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
     def marker(self, stem: str) -> Path:
         """The done marker of an image."""

@@ -234,7 +234,9 @@ def test_argparse_errors_exit_2(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as ei:
         main(argv)
     assert ei.value.code == 2
-    assert "usage: segment-everything" in capsys.readouterr().err
+    err = capsys.readouterr().err  # one line, not the whole usage text
+    assert err.startswith("segment-everything: error: ") and err.count("\n") == 1, err
+    assert err.endswith(" (see segment-everything --help)\n")
 
 
 def test_generation_flags_are_the_config_fields_with_help_and_default(monkeypatch):
