@@ -12,8 +12,10 @@ A run is :func:`run_dataset` over a list of image paths with
    files (:mod:`amg.dataset.outputs`), then its done marker, last and atomically
    (:mod:`amg.dataset.processing`); a failing image is reported and recorded in
    ``DIR/errors.csv``, and the run goes on;
-3. *finish*: assemble ``DIR/coco/instances.json`` from the done markers of every finished image,
-   in input order, and write (or remove) ``DIR/errors.csv``.
+3. *finish*: assemble the per-run files — ``DIR/annotations/instances_<subset>.json`` (COCO),
+   ``DIR/label-studio/tasks.json`` and ``labeling-config.xml``, ``DIR/data.yaml`` (YOLO) — from
+   the done markers of every finished image, in input order, and write (or remove)
+   ``DIR/errors.csv``.
 
 Because every file is written atomically and an image only counts as finished once its marker
 exists, a run killed at any moment and started again with the same arguments skips the finished
@@ -27,12 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..io import remove_temp_files
+from ..io import remove_temp_files, write_atomic
+from .coco_images import CocoImages
 from .jobs import make_jobs
+from .label_studio import labeling_config, write_label_studio_tasks
 from .local_engine import run_local_jobs
 from .options import RunOptions
 from .outputs import OutputPaths, write_coco
 from .progress import Progress
+from .yolo import data_yaml as yolo_data_yaml
 from .state import RunState
 
 __all__ = ["RunSummary", "run_dataset"]
@@ -84,21 +89,27 @@ def run_dataset(images: list[str | Path], options: RunOptions) -> RunSummary:
     Raises:
         RunMismatch: the output folder holds a run with other parameters (and no ``overwrite``).
         RunLocked: another run is writing to the output folder.
-        ValueError: an image is not under ``options.image_root``.
+        ValueError: an image is not under ``options.image_root``, or not in (or not alone on
+            its entry of) ``options.coco_images``.
         sam_model.CheckpointError: the model cannot be loaded.
         ImportError: ``engine="ray"`` without Ray installed.
     """
     t0 = time.perf_counter()
     jobs = make_jobs([Path(p) for p in images], options.image_root)
-    paths = OutputPaths(options.output)
+    # COCO image entry per job: the --coco-images file's, else id = position + 1
+    if options.coco_images is not None:
+        entries = CocoImages(options.coco_images).assign([j.file_name for j in jobs])
+    else:
+        entries = [{"id": j.index + 1, "file_name": j.file_name} for j in jobs]
+    paths = OutputPaths(options.output, options.subset)
     state = RunState(options.output)
     state.lock()
     try:
         if options.overwrite:
             state.reset()
         state.check_parameters(options.fingerprint())
-        for folder in (paths.root, paths.coco.parent, paths.root / "labelmaps",
-                       paths.root / "overlays", state.dir, state.done_dir):
+        for folder in (paths.root, paths.coco.parent, paths.label_studio_tasks.parent,
+                       paths.root / "labelmaps", paths.root / "overlays", state.dir, state.done_dir):
             remove_temp_files(folder)
         # index -> {"height", "width", "masks"} of finished images (annotations stay on disk)
         parts: dict[int, dict[str, Any]] = {}
@@ -129,13 +140,20 @@ def run_dataset(images: list[str | Path], options: RunOptions) -> RunSummary:
                 part = state.finished(job)
                 if part is not None:
                     parts[job.index] = _summary_of(part)
+        done_jobs = [j for j in jobs if j.index in parts]
         if "coco" in options.formats:
-            done_jobs = [j for j in jobs if j.index in parts]
             write_coco(paths.coco,
-                       [{"id": j.index + 1, "file_name": j.file_name,
+                       [{"id": entries[j.index]["id"], "file_name": entries[j.index]["file_name"],
                          "width": parts[j.index]["width"], "height": parts[j.index]["height"]}
                         for j in done_jobs],
-                       (state.annotations(j) for j in done_jobs), options.category)
+                       (state.stored(j, "annotations") for j in done_jobs), options.category)
+        if "label-studio" in options.formats:
+            write_label_studio_tasks(paths.label_studio_tasks,
+                                     (state.stored(j, "label_studio") for j in done_jobs))
+            write_atomic(paths.label_studio_config,
+                         labeling_config(options.category, options.segmentation))
+        if "yolo" in options.formats:
+            write_atomic(paths.yolo_data, yolo_data_yaml(options.subset, options.category))
         failed = [progress.failed[i] for i in sorted(progress.failed)]
         return RunSummary(total=len(jobs), done=len(parts), resumed=resumed, failed=failed,
                           masks=sum(p["masks"] for p in parts.values()),
