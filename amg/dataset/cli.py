@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "file_name), so the COCO output is also a results file for it")
     out.add_argument("--image-root-url", default=None, metavar="URL",
                      help="URL prefix of the Label Studio tasks' images (default: "
-                          "/data/local-files/?d= , Label Studio's local-files serving)")
+                          "/data/local-files/?d=ROOT/ for Label Studio's local-files serving, ROOT "
+                          "the image root's folder name)")
     out.add_argument("--min-area", type=int, default=None, metavar="PIXELS",
                      help="drop masks smaller than this many pixels")
     out.add_argument("--max-area", type=int, default=None, metavar="PIXELS",
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             formats=tuple(args.formats or ("json",)), segmentation=args.segmentation,
             category=args.category, image_root=args.image_root, subset=args.subset,
             coco_images=args.coco_images,
-            **({"image_root_url": args.image_root_url} if args.image_root_url is not None else {}),
+            image_root_url=args.image_root_url,
             min_area=args.min_area,
             max_area=args.max_area, mask_nms_thresh=args.mask_nms_thresh,
             overwrite=args.overwrite, workers=args.workers, threads=args.threads,

@@ -37,6 +37,7 @@ pieces of 65536), so the bytes are the same.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
@@ -48,7 +49,7 @@ from ..io import open_atomic
 from ..rle import bytes_counts
 from .polygons import DEFAULT_MIN_POLYGON_AREA, mask_to_polygons
 
-__all__ = ["LOCAL_FILES_URL", "FROM_NAME", "TO_NAME", "brush_rle_encode", "mask_to_brush_rle",
+__all__ = ["LOCAL_FILES_URL", "local_files_url", "FROM_NAME", "TO_NAME", "brush_rle_encode", "mask_to_brush_rle",
            "image_url", "label_studio_results", "label_studio_task", "labeling_config",
            "write_label_studio_tasks"]
 
@@ -138,18 +139,27 @@ def mask_to_brush_rle(mask: np.ndarray) -> list[int]:
     return brush_rle_encode(np.repeat((mask != 0).ravel().astype(np.uint8) * 255, 4))
 
 
-def image_url(file_name: str, root_url: str = LOCAL_FILES_URL) -> str:
+def local_files_url(image_root: Path) -> str:
+    """The URL prefix of images served by Label Studio's local-files serving, for a run whose
+    file names are relative to ``image_root``: ``/data/local-files/?d=<image_root's name>/``.
+
+    Label Studio serves ``?d=PATH`` from ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT/PATH`` when
+    ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and the project has a local storage
+    whose folder holds the file; that folder may not be the document root itself. So the
+    prefix fits a document root one level above the image root (its parent) and a local
+    storage on the image root.
+    """
+    name = Path(image_root).name
+    return LOCAL_FILES_URL + (quote(name, safe="") + "/" if name else "")
+
+
+def image_url(file_name: str, root_url: str) -> str:
     """The URL Label Studio loads an image from: ``root_url`` + the file name, percent-encoded
     (``/`` kept).
 
-    The default, ``/data/local-files/?d=``, is Label Studio's local-files serving: with
-    ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and
-    ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` set to the folder the file names are relative
-    to (the run's image root), and a local storage on that folder in the project.
-
     Args:
         file_name: the image's path relative to the run's image root, ``/``-separated.
-        root_url: URL prefix, e.g. ``https://host/images/`` or the default.
+        root_url: URL prefix, e.g. ``https://host/images/`` or :func:`local_files_url`'s.
     """
     return root_url + quote(file_name, safe="/")
 

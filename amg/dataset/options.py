@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from ..config import AMGConfig
-from .label_studio import LOCAL_FILES_URL
 from .outputs import DEFAULT_SUBSET, FORMATS, SEGMENTATIONS
 from .polygons import DEFAULT_MIN_POLYGON_AREA
 
@@ -46,7 +45,8 @@ class RunOptions:
             outputs take (:class:`amg.dataset.coco_images.CocoImages`; ``None``: ids from 1 in
             input order, file names relative to ``image_root``).
         image_root_url: URL prefix of the Label Studio tasks' images
-            (:func:`amg.dataset.label_studio.image_url`; default: local-files serving).
+            (:func:`amg.dataset.label_studio.image_url`; ``None``: Label Studio's local-files
+            serving, :func:`amg.dataset.label_studio.local_files_url` of the image root).
         min_area, max_area: keep masks with ``min_area <= area <= max_area`` pixels (``None``:
             no bound).
         mask_nms_thresh: mask-IoU NMS threshold in (0, 1] (``None``: off).
@@ -72,7 +72,7 @@ class RunOptions:
     image_root: Path | None = None
     subset: str = DEFAULT_SUBSET
     coco_images: Path | None = None
-    image_root_url: str = LOCAL_FILES_URL
+    image_root_url: str | None = None
     min_area: int | None = None
     max_area: int | None = None
     mask_nms_thresh: float | None = None
@@ -166,5 +166,5 @@ class RunOptions:
             **({"subset": self.subset} if self.subset != DEFAULT_SUBSET else {}),
             **({"coco_images": str(Path(self.coco_images).resolve())} if self.coco_images else {}),
             **({"image_root_url": self.image_root_url}
-               if self.image_root_url != LOCAL_FILES_URL and "label-studio" in self.formats else {}),
+               if self.image_root_url is not None and "label-studio" in self.formats else {}),
         }

@@ -24,6 +24,7 @@ images, redoes the rest, and ends with exactly the files one uninterrupted run w
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,9 @@ from typing import Any
 from ..io import remove_temp_files, write_atomic
 from .coco_images import CocoImages
 from .jobs import make_jobs
-from .label_studio import labeling_config, write_label_studio_tasks
+from .label_studio import labeling_config, local_files_url, write_label_studio_tasks
 from .local_engine import run_local_jobs
+from .names import image_root_folder
 from .options import RunOptions
 from .outputs import OutputPaths, write_coco
 from .progress import Progress
@@ -96,6 +98,10 @@ def run_dataset(images: list[str | Path], options: RunOptions) -> RunSummary:
     """
     t0 = time.perf_counter()
     jobs = make_jobs([Path(p) for p in images], options.image_root)
+    fingerprint = options.fingerprint()  # as given (a default URL prefix stays unset)
+    if "label-studio" in options.formats and options.image_root_url is None and jobs:
+        root = image_root_folder([j.path for j in jobs], options.image_root)
+        options = dataclasses.replace(options, image_root_url=local_files_url(root))
     # COCO image entry per job: the --coco-images file's, else id = position + 1
     if options.coco_images is not None:
         entries = CocoImages(options.coco_images).assign([j.file_name for j in jobs])
@@ -107,7 +113,7 @@ def run_dataset(images: list[str | Path], options: RunOptions) -> RunSummary:
     try:
         if options.overwrite:
             state.reset()
-        state.check_parameters(options.fingerprint())
+        state.check_parameters(fingerprint)
         for folder in (paths.root, paths.coco.parent, paths.label_studio_tasks.parent,
                        paths.root / "labelmaps", paths.root / "overlays", state.dir, state.done_dir):
             remove_temp_files(folder)
