@@ -117,9 +117,12 @@ def test_coco_annotations_and_file_load(tmp_path):
     assert a["score"] == 0.93 and a["stability_score"] == 0.97
     assert rle_anns[1]["bbox"] == [30, 0, 1, 1] and rle_anns[1]["area"] == 1
     assert all("reserve" not in a for a in rle_anns)
+    # CVAT's and Datumaro's per-annotation attributes
+    assert a["attributes"] == {"predicted_iou": 0.93, "stability_score": 0.97}
     # Records of a generator with reserve filters carry the flag into the annotations.
     flagged = [dict(recs[0], reserve=False), dict(recs[1], reserve=True)]
     assert [a["reserve"] for a in coco_annotations(flagged, "rle")] == [False, True]
+    assert [a["attributes"]["reserve"] for a in coco_annotations(flagged, "rle")] == [False, True]
     images = [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30},
               {"id": 3, "file_name": "sub/b.png", "width": 40, "height": 30}]
     for anns in (rle_anns, poly_anns):

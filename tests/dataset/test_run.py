@@ -71,8 +71,9 @@ def records_of(dataset, stem: str) -> list[dict]:
 def test_bad_files_reported_and_listed(dataset):
     assert dataset["rc"] == 1, dataset["stderr"]
     out, inp = dataset["out"], dataset["inp"]
-    assert sorted(os.listdir(out)) == [STATE_DIR, "coco", "dog.json", "errors.csv", "groceries.json",
-                                       "labelmaps", "masks", "overlays"]
+    assert sorted(os.listdir(out)) == [STATE_DIR, "annotations", "dog.json", "errors.csv",
+                                       "groceries.json", "images", "labelmaps", "masks", "overlays"]
+    assert sorted(os.listdir(out / "images" / "default")) == ["dog.jpg", "groceries.jpg"]
     with open(out / "errors.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows == [["path", "reason"],
@@ -88,7 +89,7 @@ def test_bad_files_reported_and_listed(dataset):
 
 
 def test_coco_file(dataset):
-    api = COCO(str(dataset["out"] / "coco" / "instances.json"))
+    api = COCO(str(dataset["out"] / "annotations" / "instances_default.json"))
     # ids: position in the input list (bad.jpg 1, dog.jpg 2, empty.png 3, groceries.jpg 4)
     assert api.loadImgs(sorted(api.getImgIds())) == [
         {"id": 2, "file_name": "dog.jpg", "width": 800, "height": 534},
@@ -196,7 +197,7 @@ def test_kill_and_resume_gives_the_uninterrupted_output(dataset, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     # killed half way: the second photo is not done, its COCO file not assembled
     assert not (out / STATE_DIR / "done" / "groceries.json").exists()
-    assert not (out / "coco" / "instances.json").exists()
+    assert not (out / "annotations" / "instances_default.json").exists()
     resumed = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 1, resumed.stderr
     assert "2/4 images (1 done by an earlier run)" in resumed.stdout
