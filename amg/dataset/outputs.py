@@ -32,7 +32,8 @@ the result ``m<i>`` (polygons: ``m<i>-<k>``).
 Images under ``DIR/images/<subset>/`` are hard links to the input files (no copy), or symbolic
 links where the output is on another file system.
 
-Every file is written with :func:`amg.io.write_atomic` (complete or absent).
+Every file is written with :func:`amg.io.write_atomic` (complete or absent), every link with
+:func:`link_image` (replaced by rename).
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ def link_image(src: Path, dst: Path) -> None:
         OSError: neither link can be made.
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() and not dst.is_symlink() and os.path.samefile(src, dst):
+        return  # already this file (renaming a hard link onto its twin would do nothing)
     tmp = dst.with_name(f".{dst.name}.link.part")
     tmp.unlink(missing_ok=True)
     try:
@@ -428,7 +431,9 @@ def write_coco(path: Path, images: list[dict[str, Any]],
 
 def write_image_outputs(paths: OutputPaths, stem: str, image: np.ndarray,
                         records: list[dict[str, Any]], formats: Iterable[str]) -> None:
-    """Write one image's per-image outputs (every format but ``coco``, which is per run).
+    """Write one image's own files of the formats ``json``, ``png``, ``labelmap`` and
+    ``overlay`` (the others are written per run, or need the image's source path and file name:
+    :class:`amg.dataset.processing.ImageProcessor`); other format names are accepted and skipped.
 
     Args:
         paths: the run's :class:`OutputPaths`.

@@ -13,7 +13,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from amg.dataset.outputs import (METADATA_HEADER, OutputPaths, assemble_coco, coco_annotations,
-                                 coco_json, decode_mask, label_map, mask_colors, metadata_rows,
+                                 coco_json, decode_mask, label_map, link_image, mask_colors, metadata_rows,
                                  outline_thickness, overlay_image, write_coco, write_image_outputs)
 from amg.rle import mask_to_coco_rle
 
@@ -191,3 +191,27 @@ def test_decode_mask_accepts_str_and_bytes():
     rle = mask_to_coco_rle(m)
     np.testing.assert_array_equal(decode_mask(rle), m)
     np.testing.assert_array_equal(decode_mask({**rle, "counts": rle["counts"].encode()}), m)
+
+
+def test_dataset_paths_and_image_links(tmp_path, monkeypatch):
+    paths = OutputPaths(tmp_path / "out", "val")
+    assert paths.coco == tmp_path / "out" / "annotations" / "instances_val.json"
+    assert paths.dataset_image("sub/a.jpg") == tmp_path / "out" / "images" / "val" / "sub" / "a.jpg"
+    assert paths.yolo_labels("sub/a.b.jpg") == tmp_path / "out" / "labels" / "val" / "sub" / "a.b.txt"
+    for bad in ("/etc/passwd", "../a.jpg", "a/../../b.jpg", ""):
+        with pytest.raises(ValueError, match="not a relative path"):
+            paths.dataset_image(bad)
+    src = tmp_path / "a.jpg"
+    src.write_bytes(b"photo")
+    dst = paths.dataset_image("sub/a.jpg")
+    link_image(src, dst)
+    link_image(src, dst)  # again: replaced in place
+    assert dst.samefile(src) and not dst.is_symlink() and src.stat().st_nlink == 2
+
+    def no_hard_link(a, b):  # as across file systems
+        raise OSError(18, "Invalid cross-device link")
+    monkeypatch.setattr("amg.dataset.outputs.os.link", no_hard_link)
+    other = paths.dataset_image("b.jpg")
+    link_image(src, other)
+    assert other.is_symlink() and other.resolve() == src.resolve() and other.read_bytes() == b"photo"
+    assert not list(other.parent.glob(".*.part"))

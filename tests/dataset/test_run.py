@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import shutil
 import signal
@@ -37,7 +38,8 @@ from .test_cli import PHOTO_HW, check_records, console_script
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 PHOTOS = ("dog.jpg", "groceries.jpg")
-FLAGS = ["--format", "json,coco,png,labelmap,overlay", "--points-per-side", "4", "--threads", "1"]
+FLAGS = ["--format", "json,coco,label-studio,yolo,png,labelmap,overlay", "--points-per-side", "4",
+         "--threads", "1"]
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -71,8 +73,11 @@ def records_of(dataset, stem: str) -> list[dict]:
 def test_bad_files_reported_and_listed(dataset):
     assert dataset["rc"] == 1, dataset["stderr"]
     out, inp = dataset["out"], dataset["inp"]
-    assert sorted(os.listdir(out)) == [STATE_DIR, "annotations", "dog.json", "errors.csv",
-                                       "groceries.json", "images", "labelmaps", "masks", "overlays"]
+    assert sorted(os.listdir(out)) == [STATE_DIR, "annotations", "data.yaml", "dog.json", "errors.csv",
+                                       "groceries.json", "images", "label-studio", "labelmaps",
+                                       "labels", "masks", "overlays"]
+    assert sorted(os.listdir(out / "labels" / "default")) == ["dog.txt", "groceries.txt"]
+    assert len(json.loads((out / "label-studio" / "tasks.json").read_text())) == 2
     assert sorted(os.listdir(out / "images" / "default")) == ["dog.jpg", "groceries.jpg"]
     with open(out / "errors.csv", newline="") as f:
         rows = list(csv.reader(f))
@@ -215,7 +220,7 @@ def test_ray_engine_matches_local_engine(dataset, tmp_path):
 
     out = tmp_path / "out"
     options = RunOptions(output=out, config=AMGConfig.from_preset("default", points_per_side=4),
-                         formats=("json", "coco", "png", "labelmap", "overlay"), threads=1,
+                         formats=("json", "coco", "label-studio", "yolo", "png", "labelmap", "overlay"), threads=1,
                          engine="ray", progress=False)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
