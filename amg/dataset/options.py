@@ -87,7 +87,7 @@ class RunOptions:
     def __post_init__(self) -> None:
         self.output = Path(self.output)
         if self.coco_images is not None:
-            self.coco_images = Path(self.coco_images)
+            self.coco_images = Path(self.coco_images).resolve()  # workers may run elsewhere
         self.formats = tuple(dict.fromkeys(self.formats))  # de-duplicated, order kept
         self.config = self.config.replace(output_mode="coco_rle")
         self.validate()
