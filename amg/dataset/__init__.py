@@ -16,7 +16,10 @@ module                 job
 ``local_engine``       images decoded ahead on threads, the model on the main thread
 ``ray_engine``         the same run with the model replicated over a Ray cluster
 ``threads``            torch's intra-op thread count for a block
-``outputs``            output writers: JSON records, COCO, PNG masks, label maps, overlays
+``outputs``            output writers: JSON records, COCO, PNG masks, label maps, overlays; layout
+``label_studio``       Label Studio tasks (brush RLE or polygons) and the labelling config
+``yolo``               YOLO segmentation label files and ``data.yaml``
+``coco_images``        image ids and file names taken from an existing COCO file
 ``polygons``           binary masks as COCO polygons, holes bridged
 ``record_filters``     filters on finished records: area bounds, mask-IoU NMS
 =====================  ============================================================================

@@ -1,6 +1,7 @@
 """The ``segment-everything`` command: segment images, folders and image lists into datasets.
 
-    segment-everything INPUT... --output DIR [--format json,coco,png,labelmap,overlay]
+    segment-everything INPUT... --output DIR
+                       [--format json,coco,label-studio,yolo,png,labelmap,overlay]
                        [--list FILE] [--glob PATTERN] [--model mobile_sam] [--config default]
                        [--points-per-side 16 ...] [--min-area N] [--mask-nms-thresh 0.8]
                        [--engine local|ray] [--overwrite] [--device cpu]
@@ -139,11 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"{', '.join(FORMATS)}; several allowed, comma-separated or repeated "
                           "(default: json)")
     out.add_argument("--segmentation", choices=SEGMENTATIONS, default="rle",
-                     help="COCO segmentation: rle, or polygon (holes bridged) (default: rle)")
+                     help="COCO and Label Studio masks: rle (Label Studio: brush masks) or polygon "
+                          "(holes bridged; one polygon per fragment) (default: rle)")
     out.add_argument("--category", default="object", help="COCO category name (default: object)")
     out.add_argument("--image-root", type=Path, default=None, metavar="DIR",
                      help="folder the COCO file_name is relative to (default: the deepest folder "
                           "holding every image)")
+    out.add_argument("--subset", default="default", metavar="NAME",
+                     help="subset of the COCO and YOLO layouts: annotations/instances_NAME.json, "
+                          "images/NAME/, labels/NAME/ (default: default)")
+    out.add_argument("--coco-images", type=Path, default=None, metavar="FILE",
+                     help="existing COCO file to take image ids and file names from (matched by "
+                          "file_name), so the COCO output is also a results file for it "
+                          "(default: none, ids 1..N in input order)")
+    out.add_argument("--image-root-url", default=None, metavar="URL",
+                     help="URL prefix of the Label Studio tasks' images (default: "
+                          "/data/local-files/?d=ROOT/ for Label Studio's local-files serving, ROOT "
+                          "the image root's folder name)")
     out.add_argument("--min-area", type=int, default=None, metavar="PIXELS",
                      help="drop masks smaller than this many pixels (default: none)")
     out.add_argument("--max-area", type=int, default=None, metavar="PIXELS",
@@ -242,7 +255,10 @@ def _run(args: argparse.Namespace) -> int:
         options = RunOptions(
             output=args.output, config=config, model=args.model, device=args.device,
             formats=tuple(args.formats or ("json",)), segmentation=args.segmentation,
-            category=args.category, image_root=args.image_root, min_area=args.min_area,
+            category=args.category, image_root=args.image_root, subset=args.subset,
+            coco_images=args.coco_images,
+            image_root_url=args.image_root_url,
+            min_area=args.min_area,
             max_area=args.max_area, mask_nms_thresh=args.mask_nms_thresh,
             overwrite=args.overwrite, workers=args.workers, threads=args.threads,
             engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,

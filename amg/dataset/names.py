@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["output_stems", "visible_name", "coco_file_names"]
+__all__ = ["output_stems", "visible_name", "coco_file_names", "image_root_folder"]
 
 
 def output_stems(paths: list[Path]) -> list[str]:
@@ -93,10 +93,7 @@ def coco_file_names(paths: list[Path], image_root: str | Path | None = None) -> 
     if not paths:
         return []
     resolved = [p.resolve() for p in paths]
-    if image_root is None:
-        root = Path(os.path.commonpath([str(p.parent) for p in resolved]))
-    else:
-        root = Path(image_root).resolve()
+    root = image_root_folder(paths, image_root)
     names = []
     for p, r in zip(paths, resolved):
         try:
@@ -104,3 +101,11 @@ def coco_file_names(paths: list[Path], image_root: str | Path | None = None) -> 
         except ValueError:
             raise ValueError(f"image {p} is not under --image-root {image_root}") from None
     return names
+
+
+def image_root_folder(paths: list[Path], image_root: str | Path | None = None) -> Path:
+    """The folder the COCO ``file_name`` of :func:`coco_file_names` is relative to, resolved:
+    ``image_root``, or the deepest folder holding every image (``paths`` not empty then)."""
+    if image_root is not None:
+        return Path(image_root).resolve()
+    return Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))

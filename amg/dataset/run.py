@@ -16,8 +16,10 @@ A run is :func:`run_dataset` over a list of image paths with
    files (:mod:`amg.dataset.outputs`), then its done marker, last and atomically
    (:mod:`amg.dataset.processing`); a failing image is reported and recorded in
    ``DIR/errors.csv``, and the run goes on;
-3. *finish*: assemble ``DIR/coco/instances.json`` from the done markers of every finished image,
-   in input order, and write (or remove) ``DIR/errors.csv``.
+3. *finish*: assemble the per-run files — ``DIR/annotations/instances_<subset>.json`` (COCO),
+   ``DIR/label-studio/tasks.json`` and ``labeling-config.xml``, ``DIR/data.yaml`` (YOLO) — from
+   the done markers of every finished image, in input order, and write (or remove)
+   ``DIR/errors.csv``.
 
 Because every file is written atomically and an image only counts as finished once its marker
 exists, a run killed at any moment and started again with the same arguments skips the finished
@@ -27,20 +29,25 @@ that fills up stops the run the same way (:class:`~amg.dataset.state.RunStopped`
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..io import remove_temp_files
+from ..io import remove_temp_files, write_atomic
+from .coco_images import CocoImages
 from .jobs import make_jobs
+from .label_studio import labeling_config, local_files_url, write_label_studio_tasks
 from .local_engine import run_local_jobs
+from .names import image_root_folder
 from .options import RunOptions
 from .outputs import OutputPaths, write_coco
 from .preflight import check_device, check_model, check_output_folder
 from .processing import ImageProcessor, load_generator
 from .progress import Progress
 from .state import RunState, RunStopped
+from .yolo import data_yaml as yolo_data_yaml
 
 __all__ = ["RunSummary", "run_dataset"]
 
@@ -92,7 +99,8 @@ def run_dataset(images: list[str | Path], options: RunOptions) -> RunSummary:
         StartError: the output folder, the device or the model is unusable (nothing written).
         RunMismatch: the output folder holds a run with other parameters (and no ``overwrite``).
         RunLocked: another run is writing to the output folder.
-        ValueError: an image is not under ``options.image_root``.
+        ValueError: an image is not under ``options.image_root``, or not in (or not alone on
+            its entry of) ``options.coco_images``.
         sam_model.CheckpointError: the model cannot be loaded.
         ImportError: ``engine="ray"`` without Ray installed.
         RunStopped: the outputs cannot be written any more (disk full...); finished images are
@@ -102,14 +110,23 @@ def run_dataset(images: list[str | Path], options: RunOptions) -> RunSummary:
     jobs = make_jobs([Path(p) for p in images], options.image_root)
     check_output_folder(options.output)
     check_device(options.device, options.engine)
-    paths = OutputPaths(options.output)
+    fingerprint = options.fingerprint()  # as given (a default URL prefix stays unset)
+    if "label-studio" in options.formats and options.image_root_url is None and jobs:
+        root = image_root_folder([j.path for j in jobs], options.image_root)
+        options = dataclasses.replace(options, image_root_url=local_files_url(root))
+    # COCO image entry per job: the --coco-images file's, else id = position + 1
+    if options.coco_images is not None:
+        entries = CocoImages(options.coco_images).assign([j.file_name for j in jobs])
+    else:
+        entries = [{"id": j.index + 1, "file_name": j.file_name} for j in jobs]
+    paths = OutputPaths(options.output, options.subset)
     state = RunState(options.output)
     created = [d for d in (state.dir, *state.dir.parents) if not d.exists()]
     state.lock()
     started = False
     try:
         if not options.overwrite:
-            state.check_parameters(options.fingerprint())
+            state.check_parameters(fingerprint)
         # index -> {"height", "width", "masks"} of finished images (annotations stay on disk)
         parts: dict[int, dict[str, Any]] = {}
         todo = []
@@ -127,9 +144,10 @@ def run_dataset(images: list[str | Path], options: RunOptions) -> RunSummary:
         started = True  # from here on the run writes
         if options.overwrite:
             state.reset()
-        state.store_parameters(options.fingerprint())
-        for folder in (paths.root, paths.coco.parent, paths.root / "labelmaps",
-                       paths.root / "overlays", state.dir, state.done_dir):
+        state.store_parameters(fingerprint)
+        for folder in (paths.root, paths.coco.parent, paths.label_studio_tasks.parent,
+                       paths.root / "labelmaps", paths.root / "overlays", state.dir,
+                       state.done_dir):
             remove_temp_files(folder)
         resumed = len(parts)
         if resumed and options.progress:
@@ -156,18 +174,31 @@ def run_dataset(images: list[str | Path], options: RunOptions) -> RunSummary:
                 part = state.finished(job)
                 if part is not None:
                     parts[job.index] = _summary_of(part)
-        if "coco" in options.formats:
-            done_jobs = [j for j in jobs if j.index in parts]
-            try:
+        done_jobs = [j for j in jobs if j.index in parts]
+        target = options.output  # the per-run file being written, for the message
+        try:
+            if "coco" in options.formats:
+                target = paths.coco
                 write_coco(paths.coco,
-                           [{"id": j.index + 1, "file_name": j.file_name,
+                           [{"id": entries[j.index]["id"],
+                             "file_name": entries[j.index]["file_name"],
                              "width": parts[j.index]["width"], "height": parts[j.index]["height"]}
                             for j in done_jobs],
-                           (state.annotations(j) for j in done_jobs), options.category)
-            except OSError as exc:
-                raise RunStopped(f"stopped: cannot write {paths.coco}: {exc.strerror or exc}; the "
-                                 f"{len(parts)} image(s) finished are kept: make room and run the "
-                                 f"same command again to write it") from None
+                           (state.stored(j, "annotations") for j in done_jobs), options.category)
+            if "label-studio" in options.formats:
+                target = paths.label_studio_tasks
+                write_label_studio_tasks(paths.label_studio_tasks,
+                                         (state.stored(j, "label_studio") for j in done_jobs))
+                target = paths.label_studio_config
+                write_atomic(paths.label_studio_config,
+                             labeling_config(options.category, options.segmentation))
+            if "yolo" in options.formats:
+                target = paths.yolo_data
+                write_atomic(paths.yolo_data, yolo_data_yaml(options.subset, options.category))
+        except OSError as exc:
+            raise RunStopped(f"stopped: cannot write {target}: {exc.strerror or exc}; the "
+                             f"{len(parts)} image(s) finished are kept: make room and run the "
+                             f"same command again to write it") from None
         failed = [progress.failed[i] for i in sorted(progress.failed)]
         return RunSummary(total=len(jobs), done=len(parts), resumed=resumed, failed=failed,
                           masks=sum(p["masks"] for p in parts.values()),

@@ -2,7 +2,8 @@
 
 It holds ``run.json`` (the parameters that shape the outputs, :meth:`RunOptions.fingerprint
 <amg.dataset.options.RunOptions.fingerprint>`), ``done/<stem>.json`` (one marker per finished
-image: source path, size and mtime, mask count, its COCO annotations) and ``lock`` (an
+image: source path, size and mtime, mask count, its COCO annotations and Label Studio task
+when those formats are asked for) and ``lock`` (an
 advisory ``flock`` held while a run writes). An image counts as finished only while its marker
 exists and still matches the source file, so a killed run resumes where it stopped.
 """
@@ -130,18 +131,19 @@ class RunState:
             return None
         return part
 
-    def annotations(self, job: ImageJob) -> list[dict[str, Any]]:
-        """The COCO annotations stored in a finished image's done marker.
+    def stored(self, job: ImageJob, key: str) -> Any:
+        """A per-run output's part stored in a finished image's done marker: ``annotations``
+        (its COCO annotations) or ``label_studio`` (its Label Studio task).
 
         Raises:
-            RuntimeError: the marker vanished or has no annotations (it was written by a run
-                without the ``coco`` format, which the parameter check rules out).
+            RuntimeError: the marker vanished or lacks ``key`` (it was written by a run
+                without that format, which the parameter check rules out).
         """
         part = self.finished(job)
-        if part is None or "annotations" not in part:
-            raise RuntimeError(f"{self.marker(job.stem)}: done marker missing or without COCO "
-                               "annotations; rerun with --overwrite")
-        return part["annotations"]
+        if part is None or key not in part:
+            raise RuntimeError(f"{self.marker(job.stem)}: done marker missing or without "
+                               f"{key!r}; rerun with --overwrite")
+        return part[key]
 
     def mark_done(self, job: ImageJob, part: dict[str, Any]) -> None:
         """Write the image's done marker (atomically, after all its outputs)."""
