@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files to take from folders, e.g. '**/*.png' (default: image extensions, "
                         "recursive)")
     p.add_argument("--model", default="mobile_sam",
-                   help="mobile_sam | vit_b | vit_l | vit_h, or a checkpoint file (default: mobile_sam)")
+                   help="a model name (mobile_sam, vit_b/l/h, sam_hq_vit_b/l/h/tiny, "
+                        "sam2.1_hiera_tiny/small/base_plus/large, efficient_sam_vitt/vits) or a "
+                        "SAM v1 / MobileSAM / SAM-HQ checkpoint file (default: mobile_sam)")
     p.add_argument("--config", default="default", metavar="PRESET", help=_preset_help())
     p.add_argument("--device", default=None,
                    help="torch device, e.g. cpu or cuda (default: cpu; with --engine ray: cuda "
