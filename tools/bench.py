@@ -11,6 +11,13 @@ without it the tool times ours alone and says so.
     python3 tools/bench.py ../shared/images/dog.jpg ../shared/images/groceries.jpg
     python3 tools/bench.py ../shared/images/picture1.jpg --config crops --json out.json
     python3 tools/bench.py IMG --config fast --reference-config default   # fast preset vs ref defaults
+    python3 tools/bench.py IMG --background-load 1   # both runs beside one busy process
+
+``--background-load N`` starts N busy processes (``while True: pass``) for the whole benchmark,
+so the reference and ours run under the same load, the situation of a machine shared with other
+work. Each run's CPU seconds (all threads of this process) are reported beside its wall time.
+Like the ``segment-everything`` command, this tool sets ``OMP_WAIT_POLICY=PASSIVE`` (unless it
+is set) before torch loads, for both runs.
 """
 
 from __future__ import annotations
@@ -19,14 +26,20 @@ import argparse
 import gc
 import json
 import os
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-from pycocotools import mask as mask_utils
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from amg.dataset.threads import available_cpus, prefer_passive_openmp  # noqa: E402  (no torch)
+
+prefer_passive_openmp()  # before torch loads: OpenMP reads it once
+
+import torch  # noqa: E402
+from pycocotools import mask as mask_utils  # noqa: E402
 
 from amg import AMGConfig, MaskGenerator  # noqa: E402
 from amg.io import load_image  # noqa: E402
@@ -52,12 +65,27 @@ def peak_rss_mb() -> float:
 
 
 def timed(fn, *args):
-    """(fn(*args), wall seconds, peak RSS MiB during the call); peak reset before the call."""
+    """(fn(*args), wall seconds, peak RSS MiB during the call, CPU seconds of this process
+    during the call, all threads); peak reset before the call."""
     gc.collect()
     reset_peak_rss()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     out = fn(*args)
-    return out, time.perf_counter() - t0, peak_rss_mb()
+    return out, time.perf_counter() - t0, peak_rss_mb(), time.process_time() - c0
+
+
+@contextmanager
+def background_load(n: int):
+    """``n`` busy processes (``python -c "while True: pass"``) for the block, then stopped."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5 if n else 0)  # let them start spinning
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
 
 
 def match_fractions(ref, ours, thresh=0.9):
@@ -93,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="another of our presets to time against the same reference run "
                         "(repeatable), e.g. --also fast; its columns are suffixed with the name")
     p.add_argument("--no-reference", action="store_true", help="time ours only")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: the CPUs this process may use)")
+    p.add_argument("--background-load", type=int, default=0, metavar="N",
+                   help="run everything beside N busy processes (default: 0)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or available_cpus())
     try:
         overrides = parse_overrides(args.set)
     except ValueError as e:
@@ -114,19 +144,28 @@ def main(argv: list[str] | None = None) -> int:
     if ref is None and not args.no_reference:
         print("note: the reference (mobilesam-lite, test extra) is not installed; timing ours only")
 
+    with background_load(args.background_load):
+        rows = _run_images(args, ours, extra, ref)
+    _print_table(args, overrides, extra, rows)
+    return 0
+
+
+def _run_images(args, ours, extra, ref) -> list[dict]:
+    """One row per image: times, CPU seconds, peaks, counts and parity (printed as JSON)."""
     rows = []
     for path in args.images:
         image, _ = load_image(path)
         row = {"image": path.name, "size": f"{image.shape[1]}x{image.shape[0]}"}
-        our_masks, row["ours_s"], row["ours_peak_mb"] = timed(ours.generate, image)
+        our_masks, row["ours_s"], row["ours_peak_mb"], row["ours_cpu_s"] = timed(ours.generate, image)
         row["ours_masks"] = len(our_masks)
         if ref is not None:
-            ref_masks, row["ref_s"], row["ref_peak_mb"] = timed(ref.generate, image)
+            ref_masks, row["ref_s"], row["ref_peak_mb"], row["ref_cpu_s"] = timed(ref.generate, image)
             row["ref_masks"] = len(ref_masks)
             row["speedup"] = row["ref_s"] / row["ours_s"]
             row["ref_matched"], row["ours_matched"] = match_fractions(ref_masks, our_masks)
         for name, gen in extra.items():
-            masks, row[f"{name}_s"], row[f"{name}_peak_mb"] = timed(gen.generate, image)
+            masks, row[f"{name}_s"], row[f"{name}_peak_mb"], row[f"{name}_cpu_s"] = timed(
+                gen.generate, image)
             row[f"{name}_masks"] = len(masks)
             if ref is not None:
                 row[f"{name}_speedup"] = row["ref_s"] / row[f"{name}_s"]
@@ -134,8 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         row["load_avg_1min"] = os.getloadavg()[0]  # other work on the machine skews timings
         rows.append(row)
         print(json.dumps(row), flush=True)
+    return rows
 
-    header = ["image", "size", "ref_s", "ours_s", "speedup", "ref_peak_mb", "ours_peak_mb",
+
+def _print_table(args, overrides, extra, rows) -> None:
+    """The markdown table of ``rows``, the settings line and the images/s; ``--json``."""
+    header = ["image", "size", "ref_s", "ours_s", "speedup", "ref_cpu_s", "ours_cpu_s",
+              "ref_peak_mb", "ours_peak_mb",
               "ref_masks", "ours_masks", "ref_matched", "ours_matched"]
     for name in extra:
         header += [f"{name}_s", f"{name}_speedup", f"{name}_peak_mb", f"{name}_masks",
@@ -144,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"ours: {args.config}{' ' + str(overrides) if overrides else ''}; reference: "
           f"{args.reference_config or args.config}; threads {torch.get_num_threads()}; "
-          f"device {args.device}")
+          f"device {args.device}; background load {args.background_load}; "
+          f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
@@ -157,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ours: {len(rows) / total:.3f} images/s over {len(rows)} image(s)")
     if args.json:
         args.json.write_text(json.dumps({"config": args.config, "overrides": overrides,
-                                         "threads": torch.get_num_threads(), "rows": rows}, indent=1))
-    return 0
+                                         "threads": torch.get_num_threads(),
+                                         "background_load": args.background_load,
+                                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                                         "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -26,10 +26,16 @@ import textwrap
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..config import AMGConfig, ConfigError, Parameter, parameters, preset_summaries
-from ..io import DEFAULT_MAX_PIXELS
-from .inputs import collect_images
-from .outputs import FORMATS, SEGMENTATIONS
+from .threads import prefer_passive_openmp
+
+# Before anything loads torch (the output writers do): OpenMP reads its wait policy once, and a
+# spinning OpenMP thread burns the core that other work on the machine needs.
+prefer_passive_openmp()
+
+from ..config import AMGConfig, ConfigError, Parameter, parameters, preset_summaries  # noqa: E402
+from ..io import DEFAULT_MAX_PIXELS  # noqa: E402
+from .inputs import collect_images  # noqa: E402
+from .outputs import FORMATS, SEGMENTATIONS  # noqa: E402
 
 EXIT_CODES = {
     0: "every image done",
@@ -173,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=2, metavar="N",
                      help="threads decoding images ahead and writing outputs (default: 2)")
     run.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="torch threads for the model (default: torch's choice)")
+                     help="torch threads for the model (default: the CPUs this process may use, "
+                          "from its affinity mask and cgroup CPU quota)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bar (default: a progress bar on stderr)")
     run.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",

@@ -53,8 +53,8 @@ class RunOptions:
         mask_nms_thresh: mask-IoU NMS threshold in (0, 1] (``None``: off).
         overwrite: forget finished images and earlier parameters, redo everything.
         workers: threads decoding images ahead and writing outputs behind (local engine).
-        threads: torch intra-op threads for the model (``None``: torch's default locally, the
-            actor's CPU count under Ray). Results can differ in the last float bits between
+        threads: torch intra-op threads for the model, also the batches decoded at once
+            (``None``: :func:`amg.dataset.threads.available_cpus` locally, 1 per Ray actor). Results can differ in the last float bits between
             thread counts; give the same value to compare runs bit for bit.
         engine: ``local`` or ``ray``.
         ray_address: Ray cluster address (``None``: ``RAY_ADDRESS`` if set, else a local one).
