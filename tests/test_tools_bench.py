@@ -122,3 +122,39 @@ def test_profile_stages_bad_set_is_named(capsys):
     prof = load_tool("profile_stages")
     assert prof.main([str(shared_path("images", "dog.jpg")), "--set", "points_per_side"]) == 2
     assert "points_per_side" in capsys.readouterr().err
+
+
+def test_background_load_runs_and_stops_busy_processes():
+    bench = load_tool("bench")
+    import os
+    with bench.background_load(2):
+        children = [p for p in os.listdir("/proc") if p.isdigit() and _parent(p) == os.getpid()]
+        assert len(children) == 2
+        assert all(_state(p) in "RS" for p in children)
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _parent(p) == os.getpid()
+                and _state(p) != "Z"]
+
+
+def _parent(pid: str) -> int:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _state(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def test_peer_without_ultralytics_is_a_usage_error(monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "ultralytics", None)  # not installed
+    bench = load_tool("bench")
+    with pytest.raises(SystemExit) as exc:
+        bench.main([str(shared_path("images", "dog.jpg")), "--peer", "ultralytics",
+                    "--no-reference"])
+    assert exc.value.code == 2
+    assert "ultralytics is not installed" in capsys.readouterr().err

@@ -12,12 +12,19 @@ without it the tool times ours alone and says so.
     python3 tools/bench.py ../shared/images/picture1.jpg --config crops --json out.json
     python3 tools/bench.py IMG --config fast --reference-config default   # fast preset vs ref defaults
     python3 tools/bench.py IMG --background-load 1   # both runs beside one busy process
+    python3 tools/bench.py IMG --peer ultralytics     # also Ultralytics' SAM "everything" mode
 
 ``--background-load N`` starts N busy processes (``while True: pass``) for the whole benchmark,
 so the reference and ours run under the same load, the situation of a machine shared with other
 work. Each run's CPU seconds (all threads of this process) are reported beside its wall time.
 Like the ``segment-everything`` command, this tool sets ``OMP_WAIT_POLICY=PASSIVE`` (unless it
 is set) before torch loads, for both runs.
+
+``--peer ultralytics`` also times Ultralytics' SAM "everything" mode (``SAM(mobile_sam.pt)``
+with no prompt: its own grid generator, default settings) on the same photos with the same
+``mobile_sam.pt``, and reports its masks and their match with the reference's. Ultralytics is
+AGPL-3.0: it is in the ``bench`` extra only (``pip install -e .[bench]``), never a dependency
+of the product, and this tool imports it only when asked.
 """
 
 from __future__ import annotations
@@ -99,6 +106,34 @@ def match_fractions(ref, ours, thresh=0.9):
     return float((ious.max(1) >= thresh).mean()), float((ious.max(0) >= thresh).mean())
 
 
+class UltralyticsPeer:
+    """Ultralytics' SAM "everything" mode with a MobileSAM checkpoint, as a generator of COCO
+    RLE records (``segmentation`` only).
+
+    Args:
+        checkpoint: path of ``mobile_sam.pt``. device: e.g. ``"cpu"``.
+
+    Raises:
+        ImportError: ultralytics is not installed (the ``bench`` extra).
+    """
+
+    def __init__(self, checkpoint: Path, device: str = "cpu") -> None:
+        from ultralytics import SAM
+        self.model = SAM(str(checkpoint))
+        self.device = device
+
+    def generate(self, image) -> list[dict]:
+        """(H, W, 3) uint8 RGB -> one record per mask Ultralytics returns."""
+        import numpy as np
+        bgr = np.ascontiguousarray(image[:, :, ::-1])  # Ultralytics reads arrays as BGR
+        result = self.model.predict(bgr, device=self.device, verbose=False)[0]
+        if result.masks is None:
+            return []
+        masks = result.masks.data.cpu().numpy().astype(np.uint8)  # (N, H, W)
+        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+        return [{"segmentation": r} for r in rles]
+
+
 def reference_generator(cfg: AMGConfig, device: str = "cpu"):
     """MobileSAM reference generator with ``cfg``'s parameters on ``device``, or None if not
     installed."""
@@ -121,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="another of our presets to time against the same reference run "
                         "(repeatable), e.g. --also fast; its columns are suffixed with the name")
     p.add_argument("--no-reference", action="store_true", help="time ours only")
+    p.add_argument("--peer", choices=("ultralytics",), default=None,
+                   help="also time a peer implementation on the same photos and weights")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: the CPUs this process may use)")
     p.add_argument("--background-load", type=int, default=0, metavar="N",
@@ -144,6 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     if ref is None and not args.no_reference:
         print("note: the reference (mobilesam-lite, test extra) is not installed; timing ours only")
 
+    peer = None
+    if args.peer == "ultralytics":
+        from sam_model.checkpoints import fetch_checkpoint
+        try:
+            peer = UltralyticsPeer(fetch_checkpoint("mobile_sam"), args.device)
+        except ImportError:
+            p.error("--peer ultralytics: ultralytics is not installed (pip install -e .[bench])")
+    if peer is not None:
+        extra["ultralytics"] = peer
     with background_load(args.background_load):
         rows = _run_images(args, ours, extra, ref)
     _print_table(args, overrides, extra, rows)
