@@ -158,3 +158,19 @@ def test_peer_without_ultralytics_is_a_usage_error(monkeypatch, capsys):
                     "--no-reference"])
     assert exc.value.code == 2
     assert "ultralytics is not installed" in capsys.readouterr().err
+
+
+def test_sweep_resize_and_plot(tmp_path):
+    bench = load_tool("bench")
+    image = np.zeros((400, 600, 3), np.uint8)
+    out = bench.resized_to(image, 0.96)  # 4x the pixels: 2x each side
+    assert out.shape == (800, 1200, 3) and out.dtype == np.uint8
+    assert bench.resized_to(image, 0.06).shape == (200, 300, 3)
+    rows = [{"axis": "points", "value": v, "megapixels": 0.24, "ours_s": v / 8, "ours_peak_mb": 900.0,
+             **({"ref_s": v, "ref_peak_mb": 1500.0} if v < 32 else {})} for v in (8, 16, 32)]
+    rows += [{"axis": "size", "value": mp, "megapixels": mp, "ours_s": mp, "ours_peak_mb": 800 + mp}
+             for mp in (0.3, 1.0)]
+    path = tmp_path / "img" / "sweep.png"
+    pytest.importorskip("matplotlib")
+    bench.plot_sweep(rows, path, "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -13,6 +13,7 @@ without it the tool times ours alone and says so.
     python3 tools/bench.py IMG --config fast --reference-config default   # fast preset vs ref defaults
     python3 tools/bench.py IMG --background-load 1   # both runs beside one busy process
     python3 tools/bench.py IMG --peer ultralytics     # also Ultralytics' SAM "everything" mode
+    python3 tools/bench.py IMG --sweep points size crops --plot docs/img/sweep.png
 
 ``--background-load N`` starts N busy processes (``while True: pass``) for the whole benchmark,
 so the reference and ours run under the same load, the situation of a machine shared with other
@@ -25,6 +26,14 @@ with no prompt: its own grid generator, default settings) on the same photos wit
 ``mobile_sam.pt``, and reports its masks and their match with the reference's. Ultralytics is
 AGPL-3.0: it is in the ``bench`` extra only (``pip install -e .[bench]``), never a dependency
 of the product, and this tool imports it only when asked.
+
+``--sweep AXIS...`` measures how the cost grows on the first image instead: time and peak
+memory against points per side (``points``: 8, 16, 32, 64), image size (``size``: the photo
+resized to 0.3, 1, 4, 12 and 24 MP) and crop layers (``crops``: 0, 1, 2), one axis at a time
+from the default parameters; the reference runs where it fits the caps
+(``--sweep-reference-max-points``, ``--sweep-reference-max-mp``, ``--sweep-reference-max-crops``:
+its full-size masks of a batch take ``points_per_batch x 3 x H x W`` float32 bytes). ``--plot``
+draws it (matplotlib, the ``eval`` extra).
 """
 
 from __future__ import annotations
@@ -143,6 +152,81 @@ def reference_generator(cfg: AMGConfig, device: str = "cpu"):
         return None
 
 
+SWEEP_AXES = {"points": [8, 16, 32, 64], "size": [0.3, 1.0, 4.0, 12.0, 24.0], "crops": [0, 1, 2]}
+
+
+def resized_to(image, megapixels: float):
+    """``image`` (H, W, 3) uint8 resized (bicubic, aspect kept) to about ``megapixels`` MP."""
+    import numpy as np
+    from PIL import Image
+    h, w = image.shape[:2]
+    scale = (megapixels * 1e6 / (h * w)) ** 0.5
+    size = (max(16, round(w * scale)), max(16, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+
+
+def run_sweep(args, model, image, cfg: AMGConfig) -> list[dict]:
+    """One row per (axis, value): ours and, within the caps, the reference; printed as JSON."""
+    rows = []
+    for axis in args.sweep:
+        for value in SWEEP_AXES[axis]:
+            img, params = image, {}
+            if axis == "points":
+                params["points_per_side"] = value
+            elif axis == "crops":
+                params["crop_n_layers"] = value
+            else:
+                img = resized_to(image, value)
+            run_cfg = cfg.replace(**params)
+            row = {"axis": axis, "value": value, "megapixels": round(img.shape[0] * img.shape[1] / 1e6, 2)}
+            masks, row["ours_s"], row["ours_peak_mb"], row["ours_cpu_s"] = timed(
+                MaskGenerator(model, run_cfg).generate, img)
+            row["ours_masks"] = len(masks)
+            fits = (run_cfg.points_per_side <= args.sweep_reference_max_points
+                    and row["megapixels"] <= args.sweep_reference_max_mp
+                    and run_cfg.crop_n_layers <= args.sweep_reference_max_crops)
+            ref = reference_generator(run_cfg, args.device) if fits and not args.no_reference else None
+            if ref is not None:
+                ref_masks, row["ref_s"], row["ref_peak_mb"], row["ref_cpu_s"] = timed(ref.generate, img)
+                row["ref_masks"] = len(ref_masks)
+                row["speedup"] = row["ref_s"] / row["ours_s"]
+                del ref
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
+    """Time per image and peak memory against each swept axis (log scales), ours and the
+    reference, into ``path`` (PNG)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    axes = [a for a in SWEEP_AXES if any(r["axis"] == a for r in rows)]
+    labels = {"points": "points per side", "size": "image size (MP)", "crops": "crop layers"}
+    fig, grid = plt.subplots(2, len(axes), figsize=(4.2 * len(axes), 6.4), squeeze=False)
+    for j, axis in enumerate(axes):
+        sub = [r for r in rows if r["axis"] == axis]
+        x = [r["megapixels"] if axis == "size" else r["value"] for r in sub]
+        for i, (key, unit) in enumerate((("_s", "seconds per image"), ("_peak_mb", "peak memory (MiB)"))):
+            ax = grid[i][j]
+            for who, style in (("ours", "o-"), ("ref", "s--")):
+                pts = [(xv, r[who + key]) for xv, r in zip(x, sub) if who + key in r]
+                if pts:
+                    ax.plot(*zip(*pts), style, label="ours" if who == "ours" else "reference")
+            ax.set_xlabel(labels[axis])
+            ax.set_ylabel(unit)
+            if axis != "crops":
+                ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module docstring); prints the table, returns 0."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="run everything beside N busy processes (default: 0)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--sweep", nargs="+", choices=tuple(SWEEP_AXES), default=None,
+                   help="cost against points per side, image size and/or crop layers (first image)")
+    p.add_argument("--sweep-reference-max-points", type=int, default=32)
+    p.add_argument("--sweep-reference-max-mp", type=float, default=4.0)
+    p.add_argument("--sweep-reference-max-crops", type=int, default=1)
+    p.add_argument("--plot", type=Path, default=None, help="--sweep: write the plot here (PNG)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads or available_cpus())
@@ -174,6 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     ours_cfg = AMGConfig.from_preset(args.config, **overrides).replace(output_mode="coco_rle")
     ref_cfg = AMGConfig.from_preset(args.reference_config or args.config, **overrides)
     model = load_model("mobile_sam", device=args.device)
+    if args.sweep:
+        with background_load(args.background_load):
+            rows = run_sweep(args, model, load_image(args.images[0])[0], ours_cfg)
+        if args.json:
+            args.json.write_text(json.dumps({"sweep": args.sweep, "config": args.config,
+                                             "threads": torch.get_num_threads(), "rows": rows},
+                                            indent=1))
+        if args.plot:
+            plot_sweep(rows, args.plot, f"MobileSAM, {args.images[0].name}, {args.config} preset, "
+                                        f"{torch.get_num_threads()} threads")
+        return 0
     ours = MaskGenerator(model, ours_cfg)
     extra = {name: MaskGenerator(model, AMGConfig.from_preset(name, **overrides).replace(
         output_mode="coco_rle")) for name in args.also}
