@@ -13,6 +13,7 @@ The cache directory is ``$SEGMENT_EVERYTHING_CACHE`` if set, else
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -20,12 +21,13 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .configs import MODEL_CONFIGS, TinyViTConfig, ViTConfig
+from .configs import EFFICIENT_SAM_CONFIGS, MODEL_CONFIGS, SAM_HQ_CONFIGS, TinyViTConfig, ViTConfig
 
 
 class CheckpointError(RuntimeError):
@@ -82,8 +84,8 @@ class CheckpointRecord:
     """Metadata of one known checkpoint.
 
     Attributes:
-        name: registry name, also the architecture name in ``MODEL_CONFIGS`` (SAM 2.1:
-            in ``sam_model.sam2_configs.SAM2_CONFIGS``).
+        name: registry name, also the architecture name in ``MODEL_CONFIGS`` (SAM-HQ: in
+            ``SAM_HQ_CONFIGS``; EfficientSAM: in ``EFFICIENT_SAM_CONFIGS``; SAM 2.1: in ``sam_model.sam2_configs.SAM2_CONFIGS``).
         filename: file name in the cache.
         sha256: hex digest the file must have; None where none is published: such a file is
             never downloaded automatically (the user passes its path).
@@ -118,6 +120,12 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointRecord] = {
         "vit_h", "sam_vit_h_4b8939.pth",
         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879, "Apache-2.0",
         (UrlSource("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"),)),
+    # HQ-SAM (SysCV/sam-hq, Apache-2.0), published on the Hugging Face Hub under lkeab/hq-sam
+    # without a published sha256: not fetched automatically, the user supplies the file.
+    **{name: CheckpointRecord(
+        name, f"{name}.pth", None, None, "Apache-2.0",
+        (UrlSource(f"https://huggingface.co/lkeab/hq-sam/resolve/main/{name}.pth"),))
+       for name in ("sam_hq_vit_b", "sam_hq_vit_l", "sam_hq_vit_h", "sam_hq_vit_tiny")},
 }
 
 
@@ -189,23 +197,27 @@ def fetch_checkpoint(name: str, timeout: float = 600.0) -> Path:
     """Path of a verified known checkpoint in the cache, downloading it if needed.
 
     Sources are tried in order; a downloaded file whose sha256 differs is deleted and the next
-    source tried. A cached file with a wrong sha256 is refused (not silently replaced).
+    source tried. A cached file with a wrong sha256 is refused (not silently replaced). A
+    record without a published sha256 is never downloaded: the file the user put in the cache
+    is used as it is (its layout is still checked strictly when loaded).
 
     Raises:
         KeyError: ``name`` is not a known checkpoint.
-        CheckpointError: the record has no published sha256 (never fetched automatically),
-            a cached file has the wrong sha256, or every source failed (the message lists
-            each source and why).
+        CheckpointError: a cached file has the wrong sha256, every source failed (the
+            message lists each source and why), or a file without a published sha256 is not
+            in the cache (the message says where to get it and where to put it).
     """
     if name not in KNOWN_CHECKPOINTS:
         raise KeyError(f"unknown checkpoint {name!r}; known: {sorted(KNOWN_CHECKPOINTS)}")
     rec = KNOWN_CHECKPOINTS[name]
-    if rec.sha256 is None:
-        raise CheckpointError(
-            f"{name}: no sha256 is published for {rec.filename}, so it is not downloaded "
-            f"automatically; download it from {' or '.join(s.describe() for s in rec.sources)} "
-            "and pass its path")
     path = cache_dir() / rec.filename
+    if rec.sha256 is None:
+        if path.is_file():
+            return path
+        raise CheckpointError(
+            f"{rec.filename} has no published sha256, so it is not downloaded automatically: "
+            f"download it from {rec.sources[0].describe()} and put it at {path}, "
+            "or pass the file's path")
     if path.exists():
         digest = sha256_of(path)
         if digest != rec.sha256:
@@ -239,7 +251,10 @@ def detect_architecture(state_dict: dict[str, torch.Tensor], source: str = "chec
     """Name of the SAM architecture an official state dict belongs to.
 
     TinyViT (``image_encoder.layers.*``) is ``mobile_sam``; a ViT is identified by its token
-    width (``image_encoder.pos_embed``) and block count.
+    width (``image_encoder.pos_embed``) and block count. A file with any of HQ-SAM's decoder
+    keys (``mask_decoder.hf_token``, ``hf_mlp``, ``compress_vit_feat``, ``embedding_encoder``,
+    ``embedding_maskfeature``) is the HQ-SAM model of that encoder (``sam_hq_vit_b/l/h``,
+    ``sam_hq_vit_tiny``).
 
     Raises:
         CheckpointMismatch: the keys/shapes fit no known SAM architecture.
@@ -251,6 +266,24 @@ def detect_architecture(state_dict: dict[str, torch.Tensor], source: str = "chec
         raise CheckpointMismatch(
             f"{source}: not a SAM checkpoint (no image_encoder.*/mask_decoder.* keys; "
             f"first keys: {sample or 'none'})")
+    if "prompt_encoder.invalid_points.weight" in state_dict:
+        raise CheckpointMismatch(f"{source} has EfficientSAM keys, not SAM's: load it with "
+                                 "sam_model.load_efficient_sam")
+    base = _detect_sam_encoder(state_dict, source)
+    if any(k.startswith(HQ_DECODER_PREFIXES) for k in keys):
+        return next(n for n, c in SAM_HQ_CONFIGS.items()
+                    if c.encoder == MODEL_CONFIGS[base].encoder)
+    return base
+
+
+HQ_DECODER_PREFIXES = tuple(f"mask_decoder.{m}." for m in (
+    "hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature"))
+
+
+def _detect_sam_encoder(state_dict: dict[str, torch.Tensor], source: str) -> str:
+    """The SAM v1 / MobileSAM architecture whose image encoder the keys hold; see
+    :func:`detect_architecture`."""
+    keys = state_dict.keys()
     if any(k.startswith("image_encoder.layers.") for k in keys):
         return "mobile_sam"
     if "image_encoder.pos_embed" in state_dict:
@@ -267,11 +300,14 @@ def detect_architecture(state_dict: dict[str, torch.Tensor], source: str = "chec
 
 
 def describe_architecture(name: str) -> str:
-    """Short description used in error messages, e.g. ``vit_b (ViT, width 768, 12 blocks)``."""
-    enc = MODEL_CONFIGS[name].encoder
+    """Short description used in error messages, e.g. ``vit_b (ViT, width 768, 12 blocks)``,
+    ``sam_hq_vit_b (HQ-SAM, ViT, width 768, 12 blocks)``."""
+    hq = name in SAM_HQ_CONFIGS
+    enc = (SAM_HQ_CONFIGS if hq else MODEL_CONFIGS)[name].encoder
+    family = "HQ-SAM, " if hq else ""
     if isinstance(enc, TinyViTConfig):
-        return f"{name} (TinyViT, stage widths {list(enc.embed_dims)})"
-    return f"{name} (ViT, width {enc.embed_dim}, {enc.depth} blocks)"
+        return f"{name} ({family}TinyViT, stage widths {list(enc.embed_dims)})"
+    return f"{name} ({family}ViT, width {enc.embed_dim}, {enc.depth} blocks)"
 
 
 def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],
@@ -317,3 +353,104 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointMismatch(f"{path}: expected a flat state dict of tensors, got "
                                  f"{type(obj).__name__}")
     return obj
+
+
+# ---------------------------------------------------------------------------- EfficientSAM
+# The official files in github.com/yformer/EfficientSAM ``weights/`` (Apache-2.0). No sha256 is
+# published for them, so they are not fetched automatically. ViT-S is published zipped (it is
+# over GitHub's 100 MB file limit): ``efficient_sam_vits.pt.zip`` holds ``efficient_sam_vits.pt``.
+EFFICIENT_SAM_CHECKPOINTS: dict[str, CheckpointRecord] = {
+    "efficient_sam_vitt": CheckpointRecord(
+        "efficient_sam_vitt", "efficient_sam_vitt.pt", None, None, "Apache-2.0",
+        (UrlSource("https://github.com/yformer/EfficientSAM/raw/main/weights/efficient_sam_vitt.pt"),)),
+    "efficient_sam_vits": CheckpointRecord(
+        "efficient_sam_vits", "efficient_sam_vits.pt.zip", None, None, "Apache-2.0",
+        (UrlSource("https://github.com/yformer/EfficientSAM/raw/main/weights/efficient_sam_vits.pt.zip"),)),
+}
+
+
+def _efficient_sam_payload(path: Path) -> Path | io.BytesIO:
+    """The torch file itself, or the one ``.pt``/``.pth`` member of a zip archive around it
+    (a ``torch.save`` file is itself a zip: it is recognised by its ``data.pkl`` record)."""
+    if not zipfile.is_zipfile(path):
+        return path
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return path
+        members = [n for n in names if n.endswith((".pt", ".pth")) and not
+                   n.startswith("__MACOSX/") and not Path(n).name.startswith("._")]
+        if len(members) != 1:
+            raise CheckpointError(f"{path.name}: zip archive with {len(members)} checkpoint "
+                                  f"members {members[:4]}; expected exactly one .pt file")
+        return io.BytesIO(archive.read(members[0]))
+
+
+def read_efficient_sam_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load an official EfficientSAM checkpoint with ``torch.load(weights_only=True)`` on the CPU.
+
+    Accepts the published files unchanged: a torch file holding ``{"model": state_dict}`` (the
+    official layout; a flat state dict is accepted too), or a zip archive holding one such
+    ``.pt`` file (``efficient_sam_vits.pt.zip``; macOS ``__MACOSX/`` entries are ignored).
+
+    Raises:
+        CheckpointError: the file is missing, not loadable, or a zip without exactly one
+            ``.pt`` member.
+        CheckpointMismatch: the file holds something other than a state dict of tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(_efficient_sam_payload(path), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatch(f"{path.name}: expected {{'model': state_dict}} or a flat state "
+                                 f"dict of tensors, got {type(obj).__name__}")
+    return obj
+
+
+def detect_efficient_sam_architecture(state_dict: dict[str, torch.Tensor],
+                                      source: str = "checkpoint") -> str:
+    """Name of the EfficientSAM size an official state dict belongs to (``efficient_sam_vitt``
+    or ``efficient_sam_vits``), from its keys (``prompt_encoder.invalid_points.weight``,
+    ``image_encoder.blocks.*.mlp.fc1``) and the token width and block count of its encoder.
+
+    Raises:
+        CheckpointMismatch: a SAM checkpoint (named in the message), or keys/shapes that fit
+            no EfficientSAM size.
+    """
+    keys = state_dict.keys()
+    if "prompt_encoder.invalid_points.weight" not in state_dict or \
+            "image_encoder.pos_embed" not in state_dict or \
+            not any(k.startswith("image_encoder.blocks.") and ".mlp.fc1." in k for k in keys):
+        try:
+            sam = describe_architecture(detect_architecture(state_dict, source))
+        except CheckpointMismatch:
+            sample = ", ".join(list(keys)[:5])
+            raise CheckpointMismatch(f"{source}: not an EfficientSAM checkpoint (no "
+                                     "prompt_encoder.invalid_points / plain ViT keys; first keys: "
+                                     f"{sample or 'none'})") from None
+        raise CheckpointMismatch(f"{source} has SAM {sam} keys, but EfficientSAM was asked for")
+    width = state_dict["image_encoder.pos_embed"].shape[-1]
+    depth = len({k.split(".")[2] for k in keys if k.startswith("image_encoder.blocks.")})
+    for name, cfg in EFFICIENT_SAM_CONFIGS.items():
+        if (cfg.encoder.embed_dim, cfg.encoder.depth) == (width, depth):
+            return name
+    known = ", ".join(f"{n} ({c.encoder.embed_dim}, {c.encoder.depth})"
+                      for n, c in EFFICIENT_SAM_CONFIGS.items())
+    raise CheckpointMismatch(f"{source}: EfficientSAM ViT with width {width} and {depth} blocks "
+                             f"matches none of {known}")
+
+
+def describe_efficient_sam_architecture(name: str) -> str:
+    """Short description used in error messages, e.g.
+    ``efficient_sam_vitt (EfficientSAM ViT, width 192, 12 blocks)``."""
+    enc = EFFICIENT_SAM_CONFIGS[name].encoder
+    return f"{name} (EfficientSAM ViT, width {enc.embed_dim}, {enc.depth} blocks)"

@@ -31,9 +31,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .family_model import FamilyModel
 from .fpn_neck import FpnNeck
 from .hiera import Hiera
-from .point_decoder import DecodedMasks, RejectWindow, apply_filters, bilinear_matrix
+from .point_decoder import DecodedMasks, RejectWindow, apply_filters
+from .resampling import bilinear_matrix
 from .prompt_encoder import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, Sam2PromptEncoder
 from .sam import check_compute_dtype, check_rgb_image
 from .sam2_configs import Sam2Config
@@ -79,7 +81,7 @@ class Sam2ImageEncoder(nn.Module):
         return self.neck(self.trunk(x))
 
 
-class Sam2(nn.Module):
+class Sam2(FamilyModel):
     """SAM 2.1 image model with the official image-mode state-dict layout (``image_encoder``,
     ``sam_prompt_encoder``, ``sam_mask_decoder``, ``no_mem_embed``).
 
@@ -98,25 +100,9 @@ class Sam2(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(-1, 1, 1), False)
 
     @property
-    def device(self) -> torch.device:
-        """The device of the model's parameters."""
-        return self.no_mem_embed.device
-
-    @property
     def input_size(self) -> int:
         """Side of the square model input in pixels (1024)."""
         return self.cfg.image_size
-
-    @property
-    def mask_threshold(self) -> float:
-        """Logit threshold of the mask (0.0)."""
-        return self.cfg.mask_threshold
-
-    def set_fused_attention(self, fused: bool) -> None:
-        """Use fused SDPA attention (default) or the written-out softmax(QK^T)V everywhere."""
-        for m in self.modules():
-            if hasattr(m, "fused"):
-                m.fused = fused
 
     # ---------------------------------------------------------------- image side
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -270,7 +256,8 @@ class Sam2(nn.Module):
         reference's ``postprocess_masks`` without hole filling)."""
         n_low = 4 * emb.grid_hw[0], 4 * emb.grid_hw[1]
         h, w = emb.original_hw
-        return bilinear_matrix(n_low[0], h), bilinear_matrix(n_low[1], w)
+        return (bilinear_matrix(n_low[0], h, fused_coordinate=True),
+                bilinear_matrix(n_low[1], w, fused_coordinate=True))
 
     def point_decoder(self, emb: Sam2ImageEmbedding, compute_dtype: torch.dtype = torch.float32,
                       low_res_hw: tuple[int, int] | None = None, *, plain: bool = False,

@@ -259,7 +259,32 @@ class TinyViTImageEncoder(nn.Module):
         Runs channels-last throughout: convolutions (depth-wise ones especially) ran about 2x
         faster than channels-first on a 2-core AVX2 CPU, and the attention stages' NHWC
         permutes become free views. The output is contiguous channels-first."""
+        return self._encode(x, interm_stage=None)[0]
+
+    def forward_with_interm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image embedding and the early-layer feature the light HQ-SAM (``vit_tiny``) fuses
+        into its mask features: the output of stage 1 (``layers[1]``, its patch merging
+        included), as the official light HQ-SAM takes ``interm_embeddings`` after
+        ``layers[1]``: ``embed_dims[2]`` (160) channels at H/16 x W/16.
+
+        Args:
+            x: (B, 3, H, W) float32 normalised, padded pixels.
+
+        Returns:
+            image embedding (B, 256, H/16, W/16) float32 and the early-layer feature
+            (B, 160, H/16, W/16) float32, channels-first, contiguous.
+        """
+        emb, interm = self._encode(x, interm_stage=1)
+        return emb, interm.contiguous()
+
+    def _encode(self, x: torch.Tensor, interm_stage: int | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embedding (B, 256, h, w) and the (B, C, h', w') output of stage ``interm_stage``
+        (None: not kept)."""
         x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
-        for stage in self.layers:
+        interm = None
+        for i, stage in enumerate(self.layers):
             x = stage(x)
-        return self.neck(x).contiguous()
+            if i == interm_stage:
+                interm = x
+        return self.neck(x).contiguous(), interm

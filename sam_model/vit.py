@@ -190,8 +190,35 @@ class ViTImageEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, 3, H, W) float32 -> image embedding (B, 256, H/16, W/16) float32."""
+        return self._encode(x, interm_block=None)[0]
+
+    def forward_with_interm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image embedding and the early-layer feature HQ-SAM fuses into its mask features.
+
+        The early-layer feature is the token map after the first global-attention block
+        (``global_attn_indexes[0]``: block 2 of ViT-B, 5 of ViT-L, 7 of ViT-H), before the neck:
+        HQ-SAM paper §3.2 "Global-local Fusion for High-quality Features"; the official
+        ``interm_embeddings[0]``.
+
+        Args:
+            x: (B, 3, H, W) float32 normalised, padded pixels.
+
+        Returns:
+            image embedding (B, 256, H/16, W/16) float32 and the early-layer feature
+            (B, embed_dim, H/16, W/16) float32, channels-first.
+        """
+        emb, interm = self._encode(x, interm_block=min(self.cfg.global_attn_indexes))
+        return emb, interm.permute(0, 3, 1, 2)
+
+    def _encode(self, x: torch.Tensor, interm_block: int | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embedding (B, 256, h, w) and the (B, h, w, C) tokens after block ``interm_block``
+        (None: not kept)."""
         x = self.patch_embed(x)
         x = x + self.position_embedding(x.shape[1], x.shape[2])
-        for block in self.blocks:
+        interm = None
+        for i, block in enumerate(self.blocks):
             x = block(x)
-        return self.neck(x.permute(0, 3, 1, 2))
+            if i == interm_block:
+                interm = x
+        return self.neck(x.permute(0, 3, 1, 2)), interm

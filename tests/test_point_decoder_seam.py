@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from sam_model.point_decoder import DecodedMasks, RejectWindow, apply_filters, bilinear_matrix
+from sam_model.point_decoder import DecodedMasks, RejectWindow, apply_filters
+from sam_model.resampling import bilinear_matrix
 
 
 def torch_weights(n_in: int, n_out: int, axis: str) -> np.ndarray:
@@ -25,7 +26,7 @@ def torch_weights(n_in: int, n_out: int, axis: str) -> np.ndarray:
                                         (256, 2250), (256, 137), (1024, 534), (64, 63), (7, 3)])
 @pytest.mark.parametrize("axis", ["h", "w"])
 def test_bilinear_matrix_equals_interpolate_weights(n_in, n_out, axis):
-    m = bilinear_matrix(n_in, n_out)
+    m = bilinear_matrix(n_in, n_out, fused_coordinate=True)
     assert m.shape == (n_out, n_in)
     np.testing.assert_array_equal(m, torch_weights(n_in, n_out, axis))
     np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-7)

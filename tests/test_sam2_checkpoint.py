@@ -58,11 +58,14 @@ def test_records_of_the_four_official_files():
     assert KNOWN_CHECKPOINTS["sam2.1_hiera_tiny"].size == 156_008_466
 
 
-def test_unpinned_file_is_never_downloaded():
-    with pytest.raises(CheckpointError, match="no sha256 is published.*pass its path"):
+def test_unpinned_file_is_never_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGMENT_EVERYTHING_CACHE", str(tmp_path))  # an empty cache
+    with pytest.raises(CheckpointError, match="no published sha256, so it is not downloaded "
+                                              "automatically.*pass the file's path"):
         fetch_checkpoint("sam2.1_hiera_small")
-    with pytest.raises(CheckpointError, match="no sha256 is published"):
+    with pytest.raises(CheckpointError, match="no published sha256"):
         load_model("sam2.1_hiera_base_plus")
+    assert list(tmp_path.iterdir()) == []  # nothing was fetched
 
 
 def test_cached_pinned_file_with_wrong_digest_is_refused(tmp_path, monkeypatch):
