@@ -26,8 +26,10 @@ REFERENCE_PARAMS = ("points_per_side", "points_per_batch", "pred_iou_thresh",
 
 
 def reference_params(cfg: AMGConfig) -> dict[str, Any]:
-    """The reference generator's keyword arguments for ``cfg`` (:data:`REFERENCE_PARAMS`;
-    ``points_per_side`` is ``None`` when ``cfg`` has ``point_grids``)."""
+    """The reference generator's keyword arguments for ``cfg`` (:data:`REFERENCE_PARAMS`, with
+    SAM v1's family defaults in place of ``None`` fields; ``points_per_side`` is ``None`` when
+    ``cfg`` has ``point_grids``)."""
+    cfg = cfg.for_family("sam", 0.0)
     params = {k: getattr(cfg, k) for k in REFERENCE_PARAMS}
     if params["point_grids"] is not None:
         params["points_per_side"] = None

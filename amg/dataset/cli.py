@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files to take from folders, e.g. '**/*.png' (default: image extensions, "
                         "recursive)")
     p.add_argument("--model", default="mobile_sam",
-                   help="mobile_sam | vit_b | vit_l | vit_h, or a checkpoint file (default: mobile_sam)")
+                   help="mobile_sam | vit_b | vit_l | vit_h | sam2.1_hiera_tiny | ..._small | "
+                        "..._base_plus | ..._large, or a checkpoint file (default: mobile_sam); a "
+                        "SAM 2 model takes SAM 2's generator defaults")
     p.add_argument("--config", default="default", help="preset name (default, crops, ...) or YAML file")
     p.add_argument("--device", default=None,
                    help="torch device, e.g. cpu or cuda (default: cpu; with --engine ray: cuda "
