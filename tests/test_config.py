@@ -321,6 +321,16 @@ def test_fast_fastest_and_quality_presets_documented_values():
             assert getattr(quality, name) == getattr(ref, name), name
 
 
+def test_sam2_preset_is_the_official_notebook_settings():
+    cfg, ref = AMGConfig.from_preset("sam2"), AMGConfig()
+    notebook = {"points_per_side": 64, "points_per_batch": 128, "pred_iou_thresh": 0.7,
+                "stability_score_thresh": 0.92, "stability_score_offset": 0.7,
+                "crop_n_layers": 1, "box_nms_thresh": 0.7, "crop_n_points_downscale_factor": 2,
+                "min_mask_region_area": 25, "use_m2m": True}
+    for name in PARAMETER_NAMES:
+        assert getattr(cfg, name) == notebook.get(name, getattr(ref, name)), name
+
+
 def test_preset_overrides_applied_and_validated():
     cfg = AMGConfig.from_preset("crops", points_per_side=4, crop_n_layers=0)
     assert cfg.points_per_side == 4 and cfg.crop_n_layers == 0
