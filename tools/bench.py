@@ -1,16 +1,23 @@
 #!/usr/bin/env python3
-"""Benchmark our MaskGenerator against the reference SamAutomaticMaskGenerator, side by side.
+"""Benchmark our MaskGenerator against the model family's official generator, side by side.
 
 Both run in this one process on the same photos, weights and parameters. Per image it reports
 wall seconds for each, the speed-up, peak resident memory of each run (Linux: the VmHWM
 high-water mark, reset before every run through /proc/self/clear_refs), masks found, and the
 parity figures (fraction of reference masks matched by ours at mask IoU >= 0.9 and vice versa).
-The reference is a test-only oracle (MobileSAM's reference code, ``pip install -e .[test]``);
-without it the tool times ours alone and says so.
+The references are test-only oracles (``pip install -e .[test]``), one per model family
+(``tools/common.py`` ``REFERENCE_FAMILIES``): for ``--model mobile_sam`` (default) MobileSAM's
+``SamAutomaticMaskGenerator`` with the verified MobileSAM weights; for ``--model
+sam2.1_hiera_tiny`` (``_small``, ``_base_plus``, ``_large``) the official
+``SAM2AutomaticMaskGenerator``, both models holding the weights of ``--checkpoint`` (an official
+file) or, without one, the same seeded random weights (``--seed``). Without the reference the
+tool times ours alone and says so.
 
     python3 tools/bench.py ../shared/images/dog.jpg ../shared/images/groceries.jpg
     python3 tools/bench.py ../shared/images/picture1.jpg --config crops --json out.json
     python3 tools/bench.py IMG --config fast --reference-config default   # fast preset vs ref defaults
+    python3 tools/bench.py IMG --model sam2.1_hiera_tiny                 # SAM 2 defaults, random weights
+    python3 tools/bench.py IMG --model sam2.1_hiera_large --checkpoint sam2.1_hiera_large.pt --config sam2
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from amg import AMGConfig, MaskGenerator  # noqa: E402
 from amg.io import load_image  # noqa: E402
-from sam_model import load_model  # noqa: E402
-from tools.common import make_reference_generator, parse_overrides, reference_params  # noqa: E402
+from sam_model import build_model  # noqa: E402
+from tools.common import (REFERENCE_FAMILIES, parse_overrides, reference_family,  # noqa: E402
+                          reference_pair)
 
 
 def reset_peak_rss() -> bool:
@@ -71,13 +79,24 @@ def match_fractions(ref, ours, thresh=0.9):
     return float((ious.max(1) >= thresh).mean()), float((ious.max(0) >= thresh).mean())
 
 
-def reference_generator(cfg: AMGConfig, device: str = "cpu"):
-    """MobileSAM reference generator with ``cfg``'s parameters on ``device``, or None if not
-    installed."""
-    try:
-        return make_reference_generator(reference_params(cfg), device)
-    except ImportError:
-        return None
+def models(name: str, cfg: AMGConfig, device: str, seed: int, checkpoint: Path | None,
+           with_reference: bool):
+    """(our model, the reference generator or None) for model ``name``: the family's pair with
+    the same weights (``tools.common.reference_pair``); without the reference (not asked, or
+    not installed) our model alone, with seeded random weights where the family's pair would
+    have them (``build_model`` after ``torch.manual_seed(seed)``) or the checkpoint."""
+    family = REFERENCE_FAMILIES[reference_family(name)]
+    if with_reference:
+        try:
+            return reference_pair(name, cfg, device, seed, checkpoint)
+        except ImportError:
+            print(f"note: the reference ({family.dist}, test extra) is not installed; timing "
+                  "ours only")
+    from sam_model import load_model
+    if family.random_weights and checkpoint is None:
+        torch.manual_seed(seed)
+        return build_model(name, device), None
+    return load_model(checkpoint or name, device=device, arch=name if checkpoint else None), None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="another of our presets to time against the same reference run "
                         "(repeatable), e.g. --also fast; its columns are suffixed with the name")
     p.add_argument("--no-reference", action="store_true", help="time ours only")
+    p.add_argument("--model", default="mobile_sam",
+                   help="mobile_sam (default; verified weights) or sam2.1_hiera_tiny / _small / "
+                        "_base_plus / _large (weights of --checkpoint, else seeded random)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="an official SAM 2.1 checkpoint file loaded into both models")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random weights when no checkpoint is given (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -104,15 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.set)
     except ValueError as e:
         p.error(str(e))
-    ours_cfg = AMGConfig.from_preset(args.config, **overrides).replace(output_mode="coco_rle")
-    ref_cfg = AMGConfig.from_preset(args.reference_config or args.config, **overrides)
-    model = load_model("mobile_sam", device=args.device)
+    try:
+        ours_cfg = AMGConfig.from_preset(args.config, **overrides).replace(output_mode="coco_rle")
+        ref_cfg = AMGConfig.from_preset(args.reference_config or args.config, **overrides)
+        reference_family(args.model)
+    except ValueError as e:
+        p.error(str(e))
+    model, ref = models(args.model, ref_cfg, args.device, args.seed, args.checkpoint,
+                        not args.no_reference)
     ours = MaskGenerator(model, ours_cfg)
     extra = {name: MaskGenerator(model, AMGConfig.from_preset(name, **overrides).replace(
         output_mode="coco_rle")) for name in args.also}
-    ref = None if args.no_reference else reference_generator(ref_cfg, args.device)
-    if ref is None and not args.no_reference:
-        print("note: the reference (mobilesam-lite, test extra) is not installed; timing ours only")
 
     rows = []
     for path in args.images:
@@ -142,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
                    f"{name}_ref_matched", f"{name}_matched"]
     header.append("load_avg_1min")
     print()
-    print(f"ours: {args.config}{' ' + str(overrides) if overrides else ''}; reference: "
+    weights = (str(args.checkpoint) if args.checkpoint else
+               f"random, seed {args.seed}" if REFERENCE_FAMILIES[reference_family(args.model)]
+               .random_weights else "verified")
+    print(f"model: {args.model} ({weights} weights); ours: {args.config}"
+          f"{' ' + str(overrides) if overrides else ''}; reference: "
           f"{args.reference_config or args.config}; threads {torch.get_num_threads()}; "
           f"device {args.device}")
     print("| " + " | ".join(header) + " |")
@@ -156,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(r["ours_s"] for r in rows)
     print(f"ours: {len(rows) / total:.3f} images/s over {len(rows)} image(s)")
     if args.json:
-        args.json.write_text(json.dumps({"config": args.config, "overrides": overrides,
+        args.json.write_text(json.dumps({"model": args.model, "config": args.config,
+                                         "overrides": overrides,
                                          "threads": torch.get_num_threads(), "rows": rows}, indent=1))
     return 0
 
