@@ -1,8 +1,11 @@
 """``AMGConfig``: every mask-generation parameter in one validated dataclass.
 
-Names and defaults are exactly those of the reference ``SamAutomaticMaskGenerator``; YAML
-presets (``configs/*.yaml``) and CLI flags fill it. Unknown names are rejected (no ``**kwargs``
-that swallow a typo).
+Names and defaults are exactly those of the reference ``SamAutomaticMaskGenerator``, and of
+``SAM2AutomaticMaskGenerator`` for the options only SAM 2 has. A default that differs between
+the model families' official generators is ``None`` here ("the model family's"), filled in from
+:data:`FAMILY_DEFAULTS` when a generator is built for a model (:meth:`AMGConfig.for_family`).
+YAML presets (``configs/*.yaml``) and CLI flags fill it. Unknown names are rejected (no
+``**kwargs`` that swallow a typo).
 
 Each field carries its one-line description, its choices and how to show its default in its
 metadata; :func:`parameters` reads them with the field's type and default, so the command-line
@@ -55,6 +58,7 @@ class AMGConfig:
         points_per_batch: prompts decoded per batch (at most :data:`MAX_POINTS_PER_BATCH`);
             changes memory, not the output.
         pred_iou_thresh: keep masks whose predicted IoU is > this (0 disables the filter).
+            ``None`` (default): the model family's (:data:`FAMILY_DEFAULTS`: 0.88, SAM 2 0.8).
         stability_score_thresh: keep masks whose stability score is >= this (0 disables).
         stability_score_offset: logit offset of the stability score (paper §B).
         box_nms_thresh: box IoU above which box NMS drops the lower-scored mask in a crop.
@@ -108,12 +112,26 @@ class AMGConfig:
         island_area_frac: not in the reference; in [0, 1). After ``fill_holes``, drop each kept
             mask's disconnected regions smaller than this fraction of its largest region
             (:func:`amg.regions.remove_minor_islands`). 0 (default) drops nothing.
+        mask_threshold: ``SAM2AutomaticMaskGenerator``'s: the logit above which a pixel is in
+            a mask (binarisation, stability score, crop-edge test). ``None`` (default): the
+            model's ``mask_threshold`` (0.0 in every family).
+        multimask_output: ``SAM2AutomaticMaskGenerator``'s: three outputs per grid point
+            (True) or one (False; SAM 2 then picks token 0's mask, or the best multimask one
+            when token 0's is unstable). A point-decoder option: ``None`` (default) is the
+            family's (True; SAM v1 / MobileSAM decoders have no choice and refuse the option).
+        use_m2m: ``SAM2AutomaticMaskGenerator``'s mask-to-mask refinement: every first-pass
+            output (before any filter) is decoded again from its point and its own low-res
+            logits as mask input, single-mask output; the filters then apply to the refined
+            masks. A SAM 2 point-decoder option: ``None`` (default) is the family's (False);
+            other families refuse it.
     """
 
     points_per_side: int | None = _param(
         32, "grid points along each image side, at most 1024: n x n prompts in crop layer 0")
     points_per_batch: int = _param(64, "prompts decoded per batch, at most 1024 (memory, not the output)")
-    pred_iou_thresh: float = _param(0.88, "keep masks whose predicted IoU is above this (0: off)")
+    pred_iou_thresh: float | None = _param(
+        None, "keep masks whose predicted IoU is above this (0: off)",
+        default_text="the model family's: 0.88, SAM 2 0.8")
     stability_score_thresh: float = _param(
         0.95, "keep masks whose stability score is at least this (0: off)")
     stability_score_offset: float = _param(
@@ -159,6 +177,16 @@ class AMGConfig:
     fill_holes: bool = _param(False, "fill every hole of each kept mask")
     island_area_frac: float = _param(
         0.0, "drop regions of a mask smaller than this fraction of its largest region (0: off)")
+    # Options of SAM 2's generator (SAM2AutomaticMaskGenerator's names).
+    mask_threshold: float | None = _param(
+        None, "mask logit threshold (binarisation and stability score)",
+        default_text="the model's, 0.0")
+    multimask_output: bool | None = _param(
+        None, "three masks per grid point instead of one (SAM 2, SAM-HQ, EfficientSAM)",
+        default_text="true")
+    use_m2m: bool | None = _param(
+        None, "SAM 2: decode every mask again from its own low-res mask and point",
+        default_text="false")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -206,8 +234,10 @@ class AMGConfig:
             v = getattr(self, name)
             need(v <= MAX_CROP_LAYERS, f"{name} must be at most {MAX_CROP_LAYERS} (layer i has "
                                        f"(2**i)**2 crops: 256 in layer 4), got {v!r}")
-        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
-                     "crop_nms_thresh"):
+        need(self.pred_iou_thresh is None or (_is_num(self.pred_iou_thresh)
+                                              and 0.0 <= self.pred_iou_thresh <= 1.0),
+             f"pred_iou_thresh must be in [0, 1] (or None), got {self.pred_iou_thresh!r}")
+        for name in ("stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
             v = getattr(self, name)
             need(_is_num(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v!r}")
         need(_is_num(self.stability_score_offset) and self.stability_score_offset >= 0,
@@ -241,6 +271,31 @@ class AMGConfig:
              f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         need(self.output_mode in OUTPUT_MODES,
              f"output_mode must be one of {OUTPUT_MODES}, got {self.output_mode!r}")
+        need(self.mask_threshold is None or (_is_num(self.mask_threshold)
+                                             and bool(np.isfinite(self.mask_threshold))),
+             f"mask_threshold must be a finite number (or None), got {self.mask_threshold!r}")
+        for name in ("multimask_output", "use_m2m"):
+            v = getattr(self, name)
+            need(v is None or isinstance(v, bool), f"{name} must be true or false, got {v!r}")
+
+    def for_family(self, family: str, mask_threshold: float) -> "AMGConfig":
+        """This configuration with a model family's defaults in place of its ``None`` fields:
+        those :data:`FAMILY_DEFAULTS` sets for ``family``, and ``mask_threshold``. Explicit
+        values are kept. Fields the family has no default for stay ``None``.
+
+        Args:
+            family: the model's ``family`` (``"sam"``, ``"sam_hq"``, ``"sam2"``,
+                ``"efficient_sam"``).
+            mask_threshold: the model's ``mask_threshold``.
+
+        Raises:
+            ConfigError: ``family`` is not in :data:`FAMILY_DEFAULTS`.
+        """
+        if family not in FAMILY_DEFAULTS:
+            raise ConfigError(f"unknown model family {family!r}; known: {sorted(FAMILY_DEFAULTS)}")
+        defaults = {**FAMILY_DEFAULTS[family], "mask_threshold": mask_threshold}
+        return dataclasses.replace(self, **{k: v for k, v in defaults.items()
+                                            if getattr(self, k) is None})
 
     def replace(self, **changes: Any) -> "AMGConfig":
         """A validated copy with some parameters changed.
@@ -277,6 +332,17 @@ class AMGConfig:
 
 
 PARAMETER_NAMES = tuple(f.name for f in dataclasses.fields(AMGConfig))
+
+#: The official generators' defaults where the families differ, by ``model.family``: the
+#: values :meth:`AMGConfig.for_family` gives the fields left ``None``. SAM v1 / MobileSAM:
+#: ``SamAutomaticMaskGenerator``; SAM-HQ: its copy of it; EfficientSAM (no official generator):
+#: SAM's; SAM 2.1: ``SAM2AutomaticMaskGenerator`` (sam2 1.1.0).
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sam": {"pred_iou_thresh": 0.88},
+    "sam_hq": {"pred_iou_thresh": 0.88},
+    "efficient_sam": {"pred_iou_thresh": 0.88},
+    "sam2": {"pred_iou_thresh": 0.8, "multimask_output": True, "use_m2m": False},
+}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ profiler run (``tools/profile_stages.py``) splits the time by stage.
 
 from __future__ import annotations
 
+import inspect
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ from torchvision.ops import batched_nms, box_area
 
 from sam_model import PointDecoder, RejectWindow, check_rgb_image, resolve_compute_dtype
 
-from .config import AMGConfig, check_names
+from .config import AMGConfig, ConfigError, check_names
 from .crops import crop_edge_strips, generate_crop_boxes, is_box_near_crop_edge
 from .grid import build_all_layer_point_grids
 from .mask_data import MaskData
@@ -51,6 +52,32 @@ from .upscale import RegionUpscaler, region_box_xyxy, region_to_rle
 # Crop-edge strips are tested first only while their tokens are at most this share of the
 # crop's tokens (always for crops of a few hundred pixels or more).
 EDGE_STRIP_MAX_TOKEN_FRAC = 0.35
+
+#: AMGConfig fields that are options of the family's ``point_decoder`` (field: option name),
+#: passed only when set (not ``None``): the multimask choice and the mask-to-mask pass stay
+#: inside the family.
+DECODER_OPTIONS = {"decoder_chunk_size": "chunk_size", "multimask_output": "multimask_output",
+                   "use_m2m": "use_m2m"}
+
+
+def decoder_options(cfg: AMGConfig, model: Any) -> dict[str, Any]:
+    """The keyword options of ``model.point_decoder`` that ``cfg`` sets (:data:`DECODER_OPTIONS`).
+
+    Raises:
+        ConfigError: the model's point decoder has no such option (names the field and the
+            model), e.g. ``use_m2m`` with a SAM v1 model.
+    """
+    accepted = inspect.signature(model.point_decoder).parameters
+    options = {}
+    for name, option in DECODER_OPTIONS.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if option not in accepted:
+            raise ConfigError(f"{name} is not an option of {model.name} "
+                              f"({type(model).__name__} point decoder)")
+        options[option] = value
+    return options
 
 
 @dataclass(frozen=True)
@@ -116,13 +143,16 @@ def edge_strips_for_crop(crop_box: list[int], orig_hw: tuple[int, int], upscaler
 
 
 class MaskGenerator:
-    """Automatic mask generator with the reference ``SamAutomaticMaskGenerator`` parameters.
+    """Automatic mask generator with the reference ``SamAutomaticMaskGenerator`` parameters
+    (and ``SAM2AutomaticMaskGenerator``'s SAM 2 options).
 
     Args:
         model: a model of any family (e.g. ``load_model("mobile_sam")``): ``encode_image``,
-            ``point_decoder``, ``low_res_to_image``, ``mask_threshold``, ``device``; its
-            device is used.
-        config: an :class:`AMGConfig`; keyword parameters override its fields.
+            ``point_decoder``, ``low_res_to_image``, ``mask_threshold``, ``device``, ``family``
+            and ``name``; its device is used.
+        config: an :class:`AMGConfig`; keyword parameters override its fields. Fields left
+            ``None`` take the model family's defaults (:meth:`AMGConfig.for_family`): a SAM 2
+            model gets ``SAM2AutomaticMaskGenerator``'s. ``self.config`` holds the result.
         batch_threads: on a CPU, how many batches of ``points_per_batch`` prompts are decoded
             at once, each on its own thread with one torch intra-op thread. ``None``: torch's
             intra-op thread count at each :meth:`generate` call (``torch.get_num_threads()``)
@@ -133,7 +163,8 @@ class MaskGenerator:
         **params: any :class:`AMGConfig` field, by the reference's names.
 
     Raises:
-        ConfigError: an unknown parameter name or an invalid value.
+        ConfigError: an unknown parameter name, an invalid value, or an option the model's
+            point decoder does not have (:func:`decoder_options`).
         ValueError: ``batch_threads`` is not an integer >= 1.
     """
 
@@ -144,8 +175,9 @@ class MaskGenerator:
                                           or not isinstance(batch_threads, int) or batch_threads < 1):
             raise ValueError(f"batch_threads must be an integer >= 1 or None, got {batch_threads!r}")
         self.batch_threads = batch_threads
-        self.config = (config or AMGConfig()).replace(**params) if params else (config or AMGConfig())
-        cfg = self.config
+        cfg = (config or AMGConfig()).replace(**params) if params else (config or AMGConfig())
+        self.config = cfg = cfg.for_family(model.family, model.mask_threshold)
+        self.decoder_options = decoder_options(cfg, model)
         # input_size: the same weights run at another model-input side (not in the reference).
         self.model = model if cfg.input_size is None else model.with_input_size(int(cfg.input_size))
         self.compute_dtype = resolve_compute_dtype(cfg.compute_dtype, model.device)
@@ -230,12 +262,11 @@ class MaskGenerator:
         # and columns that reach the image (the rest is padding).
         ay, ax = model.low_res_to_image(emb)
         with record_function("amg.mask_decoder"):
-            options = {} if cfg.decoder_chunk_size is None else {"chunk_size": cfg.decoder_chunk_size}
             decoder = model.point_decoder(emb, self.compute_dtype, RegionUpscaler.needed_low_res(ay, ax),
-                                          **options)
+                                          **self.decoder_options)
         upscaler = RegionUpscaler(decoder.low_res_hw, ay, ax, model.device)
         token_hw = (decoder.low_res_hw[0] // 4, decoder.low_res_hw[1] // 4)
-        reject = [s.reject_window(upscaler, model.mask_threshold)
+        reject = [s.reject_window(upscaler, cfg.mask_threshold)
                   for s in edge_strips_for_crop(crop_box, image.shape[:2], upscaler, token_hw)]
         points = self.point_grids[layer] * np.array([[cw, ch]])  # (N, 2) float64, crop pixels
         ppb = cfg.points_per_batch
@@ -302,7 +333,7 @@ class MaskGenerator:
         low, iou, idx = decoded.low_res_logits, decoded.predicted_iou, decoded.prompt_index
         oh, ow = orig_hw
         cx0, cy0 = crop_box[0], crop_box[1]
-        thr, off = model.mask_threshold, cfg.stability_score_offset
+        thr, off = cfg.mask_threshold, cfg.stability_score_offset
         s_thr = self._filter_thresholds()[1]
         rles, boxes, sel, stabs = [], [], [], []
         with record_function("amg.upscale_and_rle"):

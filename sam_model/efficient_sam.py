@@ -75,6 +75,8 @@ class EfficientSam(FamilyModel):
         cfg: the architecture (:data:`sam_model.configs.EFFICIENT_SAM_CONFIGS`).
     """
 
+    family = "efficient_sam"
+
     def __init__(self, cfg: EfficientSamConfig) -> None:
         super().__init__()
         self.cfg = cfg

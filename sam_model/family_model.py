@@ -7,9 +7,18 @@ from torch import nn
 
 
 class FamilyModel(nn.Module):
-    """Base of the families' models: the device, the mask threshold of their config, and the
-    switch between fused and written-out attention. Subclasses set ``self.cfg`` (with a
-    ``mask_threshold`` attribute) and hold at least one parameter."""
+    """Base of the families' models: the device, the name and mask threshold of their config,
+    and the switch between fused and written-out attention. Subclasses set the class attribute
+    ``family`` (``"sam"``, ``"sam_hq"``, ``"sam2"``, ``"efficient_sam"``: the key of the
+    family's generator defaults, ``amg.config.FAMILY_DEFAULTS``) and ``self.cfg`` (with
+    ``name`` and ``mask_threshold`` attributes), and hold at least one parameter."""
+
+    family: str
+
+    @property
+    def name(self) -> str:
+        """The architecture's registry name (``vit_b``, ``sam2.1_hiera_tiny``, ...)."""
+        return self.cfg.name
 
     @property
     def device(self) -> torch.device:

@@ -97,9 +97,9 @@ class FpnNeck(nn.Module):
         for i in range(n, -1, -1):
             lateral = self.convs[n - i](xs[i])
             if i in self.cfg.fpn_top_down_levels and prev is not None:
-                top_down = F.interpolate(prev.to(torch.float32), scale_factor=2.0,
-                                         mode=self.cfg.fpn_interp_mode,
-                                         align_corners=None if self.cfg.fpn_interp_mode == "nearest" else False)
+                mode = self.cfg.fpn_interp_mode
+                top_down = F.interpolate(prev.to(torch.float32), scale_factor=2.0, mode=mode,
+                                         align_corners=None if mode == "nearest" else False)
                 prev = lateral + top_down
                 if self.cfg.fuse_type == "avg":
                     prev = prev / 2

@@ -200,6 +200,8 @@ class Sam(FamilyModel):
         cfg: the architecture (:data:`sam_model.configs.MODEL_CONFIGS`).
     """
 
+    family = "sam"
+
     def __init__(self, cfg: SamConfig) -> None:
         super().__init__()
         self.cfg = cfg

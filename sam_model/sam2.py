@@ -89,6 +89,8 @@ class Sam2(FamilyModel):
         cfg: the architecture (:data:`sam_model.sam2_configs.SAM2_CONFIGS`).
     """
 
+    family = "sam2"
+
     def __init__(self, cfg: Sam2Config) -> None:
         super().__init__()
         self.cfg = cfg

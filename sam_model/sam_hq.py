@@ -68,6 +68,8 @@ class SamHQ(FamilyModel):
         cfg: the architecture (:data:`sam_model.configs.SAM_HQ_CONFIGS`).
     """
 
+    family = "sam_hq"
+
     def __init__(self, cfg: SamHQConfig) -> None:
         super().__init__()
         self.cfg = cfg

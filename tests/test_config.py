@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amg.config import (COMPUTE_DTYPES, OUTPUT_MODES, PARAMETER_NAMES, AMGConfig, ConfigError,
-                        parameters, preset_path)
+from amg.config import (COMPUTE_DTYPES, FAMILY_DEFAULTS, OUTPUT_MODES, PARAMETER_NAMES,
+                        AMGConfig, ConfigError, parameters, preset_path)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def test_defaults_equal_reference_generator_defaults():
     sig = inspect.signature(sa.SamAutomaticMaskGenerator.__init__)
     ref = {name: p.default for name, p in sig.parameters.items() if name not in ("self", "model")}
     assert len(ref) == 13  # the reference's parameter list, so a rename there is noticed
-    cfg = AMGConfig()
+    cfg = AMGConfig().for_family("sam", 0.0)
     for name, default in ref.items():
         assert name in PARAMETER_NAMES, f"reference parameter {name} missing from AMGConfig"
         ours = getattr(cfg, name)
@@ -40,7 +40,10 @@ def test_defaults_equal_reference_generator_defaults():
                                                "nested_mask_penalty", "reserve_pred_iou_thresh",
                                                "reserve_stability_score_thresh",
                                                "refine_crop_n_layers", "fill_holes",
-                                               "island_area_frac"}
+                                               "island_area_frac", "mask_threshold",
+                                               "multimask_output", "use_m2m"}
+    # SAM v1 has no multimask choice and no mask-to-mask pass: nothing is passed to its decoder.
+    assert cfg.multimask_output is None and cfg.use_m2m is None and cfg.mask_threshold == 0.0
     assert cfg.input_size is None  # the model's own input size (1024), as the reference
     assert cfg.compute_dtype == "float32"  # the reference's arithmetic
     assert cfg.max_masks is None and cfg.nested_mask_penalty == 0.0  # every mask kept
@@ -50,10 +53,52 @@ def test_defaults_equal_reference_generator_defaults():
     assert cfg.island_area_frac == 0.0
 
 
+def test_sam2_family_defaults_equal_official_sam2_generator_defaults():
+    sam2_amg = pytest.importorskip("sam2.automatic_mask_generator")
+    sig = inspect.signature(sam2_amg.SAM2AutomaticMaskGenerator.__init__)
+    ref = {name: p.default for name, p in sig.parameters.items()
+           if name not in ("self", "model", "kwargs")}
+    assert len(ref) == 16  # the official parameter list (sam2 1.1.0), so a change is noticed
+    cfg = AMGConfig().for_family("sam2", 0.0)
+    for name, default in ref.items():
+        assert name in PARAMETER_NAMES, f"official SAM 2 parameter {name} missing from AMGConfig"
+        ours = getattr(cfg, name)
+        assert type(ours) is type(default), name
+        if isinstance(default, float):
+            assert ours == pytest.approx(default, rel=0, abs=1e-12), name
+        else:
+            assert ours == default, name
+
+
+def test_family_defaults_fill_only_unset_fields():
+    assert set(FAMILY_DEFAULTS) == {"sam", "sam_hq", "sam2", "efficient_sam"}
+    cfg = AMGConfig(pred_iou_thresh=0.5, use_m2m=True, mask_threshold=0.25)
+    sam2 = cfg.for_family("sam2", 0.0)
+    assert (sam2.pred_iou_thresh, sam2.use_m2m, sam2.mask_threshold) == (0.5, True, 0.25)
+    assert sam2.multimask_output is True  # unset: the family's
+    assert AMGConfig().for_family("sam2", -1.5).mask_threshold == -1.5  # the model's
+    assert AMGConfig().for_family("sam_hq", 0.0).pred_iou_thresh == 0.88
+    assert AMGConfig().for_family("sam2", 0.0).for_family("sam", 0.0).pred_iou_thresh == 0.8
+    with pytest.raises(ConfigError, match="unknown model family 'sam3'"):
+        AMGConfig().for_family("sam3", 0.0)
+
+
+@pytest.mark.parametrize("params, name", [
+    ({"mask_threshold": float("nan")}, "mask_threshold"),
+    ({"mask_threshold": "0"}, "mask_threshold"),
+    ({"multimask_output": 1}, "multimask_output"),
+    ({"use_m2m": "yes"}, "use_m2m"),
+])
+def test_sam2_options_validated(params, name):
+    with pytest.raises(ConfigError, match=name):
+        AMGConfig(**params)
+
+
 def test_defaults_hand_checked():
     cfg = AMGConfig()
     assert cfg.points_per_side == 32 and cfg.point_grids is None
-    assert cfg.pred_iou_thresh == 0.88 and cfg.stability_score_thresh == 0.95
+    assert cfg.pred_iou_thresh is None and cfg.stability_score_thresh == 0.95  # None: family's
+    assert cfg.mask_threshold is None and cfg.multimask_output is None and cfg.use_m2m is None
     assert cfg.crop_overlap_ratio == 512 / 1500
     assert cfg.output_mode == "binary_mask"
     assert OUTPUT_MODES == ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -225,6 +270,9 @@ def test_every_parameter_has_type_default_and_one_line_description():
     assert by_name["crop_overlap_ratio"].default_label() == "0.341333"
     assert by_name["fill_holes"].default_label() == "false"
     assert by_name["max_masks"].default_label() == "no limit"
+    assert {n: by_name[n].type for n in ("mask_threshold", "multimask_output", "use_m2m")} == {
+        "mask_threshold": float, "multimask_output": bool, "use_m2m": bool}
+    assert by_name["pred_iou_thresh"].default_label() == "the model family's: 0.88, SAM 2 0.8"
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,8 +297,8 @@ def test_crops_preset_documented_values():
     assert cfg.crop_n_points_downscale_factor == 2
     assert cfg.min_mask_region_area == 100
     assert cfg.points_per_side == 32
-    # The rest stays at the defaults.
-    assert cfg.pred_iou_thresh == 0.88 and cfg.box_nms_thresh == 0.7
+    # The rest stays at the defaults (the model family's predicted-IoU threshold).
+    assert cfg.pred_iou_thresh is None and cfg.box_nms_thresh == 0.7
     assert cfg.output_mode == "binary_mask"
 
 
@@ -277,6 +325,16 @@ def test_fast_fastest_and_quality_presets_documented_values():
                         "reserve_stability_score_thresh", "refine_crop_n_layers", "fill_holes",
                         "island_area_frac"):
             assert getattr(quality, name) == getattr(ref, name), name
+
+
+def test_sam2_preset_is_the_official_notebook_settings():
+    cfg, ref = AMGConfig.from_preset("sam2"), AMGConfig()
+    notebook = {"points_per_side": 64, "points_per_batch": 128, "pred_iou_thresh": 0.7,
+                "stability_score_thresh": 0.92, "stability_score_offset": 0.7,
+                "crop_n_layers": 1, "box_nms_thresh": 0.7, "crop_n_points_downscale_factor": 2,
+                "min_mask_region_area": 25, "use_m2m": True}
+    for name in PARAMETER_NAMES:
+        assert getattr(cfg, name) == notebook.get(name, getattr(ref, name)), name
 
 
 def test_preset_overrides_applied_and_validated():

@@ -166,20 +166,20 @@ def test_low_res_to_image_reproduces_interpolate(tiny):
                                                (False, True)])
 def test_plain_point_decoder_matches_generator_batch(tiny, multimask, use_m2m):
     """Our plain point decoder + image-size resampling vs the oracle's
-    ``SAM2AutomaticMaskGenerator._process_batch`` on a 3 x 3 point grid (whole image as the
+    ``SAM2AutomaticMaskGenerator._process_batch`` on a 3 x 2 point grid (whole image as the
     crop, stability filter off): same surviving outputs in the same order, IoU, points,
     stability scores and masks."""
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
     from sam2.utils.amg import rle_to_mask
     h, w = tiny.image.shape[:2]
-    side = (np.arange(3) + 0.5) / 3
-    points = np.stack(np.meshgrid(side, side), -1).reshape(-1, 2) * np.array([w, h])
+    xs, ys = (np.arange(3) + 0.5) / 3, (np.arange(2) + 0.5) / 2
+    points = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2) * np.array([w, h])
     decoder = tiny.ours.point_decoder(tiny.emb, plain=True, multimask_output=multimask,
                                       use_m2m=use_m2m)
     ious = decoder.decode(points, 0.0).predicted_iou.sort().values
     k = len(ious) // 2
     thresh = float(ious[k - 1] + ious[k]) / 2  # half the outputs pass, none at the boundary
-    gen = SAM2AutomaticMaskGenerator(tiny.ref, points_per_side=3, points_per_batch=9,
+    gen = SAM2AutomaticMaskGenerator(tiny.ref, points_per_side=3, points_per_batch=6,
                                      pred_iou_thresh=thresh, stability_score_thresh=0.0,
                                      use_m2m=use_m2m, multimask_output=multimask)
     gen.predictor = tiny.pred
@@ -236,3 +236,15 @@ def test_point_decoder_filters_and_crops(tiny):
     assert torch.equal(cropped.low_res_logits, everything.low_res_logits[:, :200, :120])
     with pytest.raises(ValueError, match="points_xy must be"):
         dec.decode(points[:, :1], 0.0)
+
+
+def test_point_decoder_bfloat16_is_close_to_float32(tiny):
+    points = np.array([[400.0, 300.0], [100.0, 400.0]])
+    ref = tiny.ours.point_decoder(tiny.emb).decode(points, 0.0)
+    out = tiny.ours.point_decoder(tiny.emb, torch.bfloat16).decode(points, 0.0)
+    assert out.low_res_logits.dtype == out.predicted_iou.dtype == torch.float32
+    assert out.low_res_logits.shape == ref.low_res_logits.shape
+    assert (out.predicted_iou - ref.predicted_iou).abs().max() < 0.02
+    assert ((out.low_res_logits > 0) == (ref.low_res_logits > 0)).float().mean() > 0.95
+    with pytest.raises(ValueError, match="compute dtype"):
+        tiny.ours.point_decoder(tiny.emb, torch.float16)

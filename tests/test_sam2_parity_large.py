@@ -9,7 +9,7 @@ import pytest
 from sam_model import SAM2_CONFIGS
 
 from .conftest import read_photo
-from .sam2_oracle import PROMPTS, EncodedPair, check_decoder, check_encoder
+from .sam2_oracle import EncodedPair, check_decoder, check_encoder
 
 pytest.importorskip("sam2", reason="the SAM 2 parity oracle needs the official sam2 package")
 pytestmark = pytest.mark.parity

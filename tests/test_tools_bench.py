@@ -79,6 +79,34 @@ def test_bench_against_reference_on_a_real_photo(tmp_path, capsys):
     assert "| dog.jpg | 800x534 |" in printed and "images/s over 1 image(s)" in printed
 
 
+def test_bench_sam2_against_official_generator(tmp_path, capsys):
+    """--model sam2.1_hiera_tiny: the official SAM2AutomaticMaskGenerator and ours with the same
+    seeded random weights (filters lowered so that such masks pass) find the same masks."""
+    pytest.importorskip("sam2", reason="the SAM 2 reference is in the test extra")
+    bench = load_tool("bench")
+    out = tmp_path / "dog.json"
+    assert bench.main([str(shared_path("images", "dog.jpg")), "--model", "sam2.1_hiera_tiny",
+                       "--set", "points_per_side=3", "pred_iou_thresh=0.5",
+                       "stability_score_thresh=0.8", "box_nms_thresh=1.0",
+                       "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert report["model"] == "sam2.1_hiera_tiny"
+    assert row["ours_masks"] == row["ref_masks"] > 0
+    assert row["ref_matched"] == 1.0 and row["ours_matched"] == 1.0
+    assert row["ours_peak_mb"] > 100 and row["ref_peak_mb"] > 100  # Hiera-T weights and more
+    assert "model: sam2.1_hiera_tiny (random, seed 0 weights)" in capsys.readouterr().out
+
+
+def test_bench_model_without_reference_is_an_argument_error(capsys):
+    bench = load_tool("bench")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["x.jpg", "--model", "vit_q"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model vit_q: no reference generator" in err and "sam2.1_hiera_tiny" in err
+
+
 def test_bench_bad_set_is_an_argument_error(capsys):
     bench = load_tool("bench")
     with pytest.raises(SystemExit) as e:

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""Benchmark our MaskGenerator against the reference SamAutomaticMaskGenerator, side by side.
+"""Benchmark our MaskGenerator against the model family's official generator, side by side.
 
 Both run in this one process on the same photos, weights and parameters. Per image it reports
 wall seconds for each, the speed-up, peak resident memory of each run (Linux: the VmHWM
 high-water mark, reset before every run through /proc/self/clear_refs), masks found, and the
 parity figures (fraction of reference masks matched by ours at mask IoU >= 0.9 and vice versa).
-The reference is a test-only oracle (MobileSAM's reference code, ``pip install -e .[test]``);
-without it the tool times ours alone and says so.
+The references are test-only oracles (``pip install -e .[test]``), one per model family
+(``tools/common.py`` ``REFERENCE_FAMILIES``): for ``--model mobile_sam`` (default) MobileSAM's
+``SamAutomaticMaskGenerator`` with the verified MobileSAM weights; for ``--model
+sam2.1_hiera_tiny`` (``_small``, ``_base_plus``, ``_large``) the official
+``SAM2AutomaticMaskGenerator``, both models holding the weights of ``--checkpoint`` (an official
+file) or, without one, the same seeded random weights (``--seed``). Without the reference the
+tool times ours alone and says so.
 
     python3 tools/bench.py ../shared/images/dog.jpg ../shared/images/groceries.jpg
     python3 tools/bench.py ../shared/images/picture1.jpg --config crops --json out.json
@@ -14,6 +19,8 @@ without it the tool times ours alone and says so.
     python3 tools/bench.py IMG --background-load 1   # both runs beside one busy process
     python3 tools/bench.py IMG --peer ultralytics     # also Ultralytics' SAM "everything" mode
     python3 tools/bench.py IMG --sweep points size crops --plot docs/img/sweep.png
+    python3 tools/bench.py IMG --model sam2.1_hiera_tiny                 # SAM 2 defaults, random weights
+    python3 tools/bench.py IMG --model sam2.1_hiera_large --checkpoint sam2.1_hiera_large.pt --config sam2
 
 ``--background-load N`` starts N busy processes (``while True: pass``) for the whole benchmark,
 so the reference and ours run under the same load, the situation of a machine shared with other
@@ -30,7 +37,7 @@ of the product, and this tool imports it only when asked.
 ``--sweep AXIS...`` measures how the cost grows on the first image instead: time and peak
 memory against points per side (``points``: 8, 16, 32, 64), image size (``size``: the photo
 resized to 0.3, 1, 4, 12 and 24 MP) and crop layers (``crops``: 0, 1, 2), one axis at a time
-from the default parameters; the reference runs where it fits the caps
+from the default parameters; the reference (MobileSAM's) runs where it fits the caps
 (``--sweep-reference-max-points``, ``--sweep-reference-max-mp``, ``--sweep-reference-max-crops``:
 its full-size masks of a batch take ``points_per_batch x 3 x H x W`` float32 bytes). ``--plot``
 draws it (matplotlib, the ``eval`` extra).
@@ -59,8 +66,9 @@ from pycocotools import mask as mask_utils  # noqa: E402
 
 from amg import AMGConfig, MaskGenerator  # noqa: E402
 from amg.io import load_image  # noqa: E402
-from sam_model import load_model  # noqa: E402
-from tools.common import make_reference_generator, parse_overrides, reference_params  # noqa: E402
+from sam_model import build_model  # noqa: E402
+from tools.common import (REFERENCE_FAMILIES, make_reference_generator,  # noqa: E402
+                          parse_overrides, reference_family, reference_pair, reference_params)
 
 
 def reset_peak_rss() -> bool:
@@ -152,6 +160,26 @@ def reference_generator(cfg: AMGConfig, device: str = "cpu"):
         return None
 
 
+def models(name: str, cfg: AMGConfig, device: str, seed: int, checkpoint: Path | None,
+           with_reference: bool):
+    """(our model, the reference generator or None) for model ``name``: the family's pair with
+    the same weights (``tools.common.reference_pair``); without the reference (not asked, or
+    not installed) our model alone, with seeded random weights where the family's pair would
+    have them (``build_model`` after ``torch.manual_seed(seed)``) or the checkpoint."""
+    family = REFERENCE_FAMILIES[reference_family(name)]
+    if with_reference:
+        try:
+            return reference_pair(name, cfg, device, seed, checkpoint)
+        except ImportError:
+            print(f"note: the reference ({family.dist}, test extra) is not installed; timing "
+                  "ours only")
+    from sam_model import load_model
+    if family.random_weights and checkpoint is None:
+        torch.manual_seed(seed)
+        return build_model(name, device), None
+    return load_model(checkpoint or name, device=device, arch=name if checkpoint else None), None
+
+
 SWEEP_AXES = {"points": [8, 16, 32, 64], "size": [0.3, 1.0, 4.0, 12.0, 24.0], "crops": [0, 1, 2]}
 
 
@@ -185,7 +213,8 @@ def run_sweep(args, model, image, cfg: AMGConfig) -> list[dict]:
             fits = (run_cfg.points_per_side <= args.sweep_reference_max_points
                     and row["megapixels"] <= args.sweep_reference_max_mp
                     and run_cfg.crop_n_layers <= args.sweep_reference_max_crops)
-            ref = reference_generator(run_cfg, args.device) if fits and not args.no_reference else None
+            with_ref = fits and not args.no_reference and args.model == "mobile_sam"
+            ref = reference_generator(run_cfg, args.device) if with_ref else None
             if ref is not None:
                 ref_masks, row["ref_s"], row["ref_peak_mb"], row["ref_cpu_s"] = timed(ref.generate, img)
                 row["ref_masks"] = len(ref_masks)
@@ -240,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="another of our presets to time against the same reference run "
                         "(repeatable), e.g. --also fast; its columns are suffixed with the name")
     p.add_argument("--no-reference", action="store_true", help="time ours only")
+    p.add_argument("--model", default="mobile_sam",
+                   help="mobile_sam (default; verified weights) or sam2.1_hiera_tiny / _small / "
+                        "_base_plus / _large (weights of --checkpoint, else seeded random)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="an official SAM 2.1 checkpoint file loaded into both models")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random weights when no checkpoint is given (default 0)")
     p.add_argument("--peer", choices=("ultralytics",), default=None,
                    help="also time a peer implementation on the same photos and weights")
     p.add_argument("--threads", type=int, default=None,
@@ -261,26 +297,29 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.set)
     except ValueError as e:
         p.error(str(e))
-    ours_cfg = AMGConfig.from_preset(args.config, **overrides).replace(output_mode="coco_rle")
-    ref_cfg = AMGConfig.from_preset(args.reference_config or args.config, **overrides)
-    model = load_model("mobile_sam", device=args.device)
+    try:
+        ours_cfg = AMGConfig.from_preset(args.config, **overrides).replace(output_mode="coco_rle")
+        ref_cfg = AMGConfig.from_preset(args.reference_config or args.config, **overrides)
+        reference_family(args.model)
+    except ValueError as e:
+        p.error(str(e))
+    model, ref = models(args.model, ref_cfg, args.device, args.seed, args.checkpoint,
+                        not args.no_reference)
     if args.sweep:
         with background_load(args.background_load):
             rows = run_sweep(args, model, load_image(args.images[0])[0], ours_cfg)
         if args.json:
-            args.json.write_text(json.dumps({"sweep": args.sweep, "config": args.config,
+            args.json.write_text(json.dumps({"sweep": args.sweep, "model": args.model,
+                                             "config": args.config,
                                              "threads": torch.get_num_threads(), "rows": rows},
                                             indent=1))
         if args.plot:
-            plot_sweep(rows, args.plot, f"MobileSAM, {args.images[0].name}, {args.config} preset, "
-                                        f"{torch.get_num_threads()} threads")
+            plot_sweep(rows, args.plot, f"{args.model}, {args.images[0].name}, {args.config} "
+                                        f"preset, {torch.get_num_threads()} threads")
         return 0
     ours = MaskGenerator(model, ours_cfg)
     extra = {name: MaskGenerator(model, AMGConfig.from_preset(name, **overrides).replace(
         output_mode="coco_rle")) for name in args.also}
-    ref = None if args.no_reference else reference_generator(ref_cfg, args.device)
-    if ref is None and not args.no_reference:
-        print("note: the reference (mobilesam-lite, test extra) is not installed; timing ours only")
 
     peer = None
     if args.peer == "ultralytics":
@@ -333,7 +372,11 @@ def _print_table(args, overrides, extra, rows) -> None:
                    f"{name}_ref_matched", f"{name}_matched"]
     header.append("load_avg_1min")
     print()
-    print(f"ours: {args.config}{' ' + str(overrides) if overrides else ''}; reference: "
+    weights = (str(args.checkpoint) if args.checkpoint else
+               f"random, seed {args.seed}" if REFERENCE_FAMILIES[reference_family(args.model)]
+               .random_weights else "verified")
+    print(f"model: {args.model} ({weights} weights); ours: {args.config}"
+          f"{' ' + str(overrides) if overrides else ''}; reference: "
           f"{args.reference_config or args.config}; threads {torch.get_num_threads()}; "
           f"device {args.device}; background load {args.background_load}; "
           f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}")
@@ -348,7 +391,8 @@ def _print_table(args, overrides, extra, rows) -> None:
     total = sum(r["ours_s"] for r in rows)
     print(f"ours: {len(rows) / total:.3f} images/s over {len(rows)} image(s)")
     if args.json:
-        args.json.write_text(json.dumps({"config": args.config, "overrides": overrides,
+        args.json.write_text(json.dumps({"model": args.model, "config": args.config,
+                                         "overrides": overrides,
                                          "threads": torch.get_num_threads(),
                                          "background_load": args.background_load,
                                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

@@ -1,6 +1,8 @@
-"""What the tools share: ``KEY=VALUE`` parameter overrides, and the reference generator (MobileSAM's
-``SamAutomaticMaskGenerator``, a test-only oracle: ``pip install -e ".[test]"``) with the
-parameters of one of our configurations.
+"""What the tools share: ``KEY=VALUE`` parameter overrides, and the reference generators
+(test-only oracles: ``pip install -e ".[test]"``) with the parameters of one of our
+configurations: MobileSAM's ``SamAutomaticMaskGenerator`` (:func:`make_reference_generator`),
+and per model family the official generator beside our model with the same weights
+(:data:`REFERENCE_FAMILIES`, :func:`reference_pair`).
 
 The tools put the repository root on ``sys.path`` and import this as ``tools.common``.
 """
@@ -9,12 +11,15 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 from amg.config import AMGConfig, ConfigError
 
 __all__ = ["REFERENCE_DIST", "REFERENCE_PARAMS", "reference_params", "make_reference_generator",
-           "parse_value", "parse_overrides"]
+           "ReferenceFamily", "REFERENCE_FAMILIES", "reference_family", "reference_pair",
+           "seeded_weights_", "parse_value", "parse_overrides"]
 
 #: The distribution holding the reference generator.
 REFERENCE_DIST = "mobilesam-lite"
@@ -25,10 +30,13 @@ REFERENCE_PARAMS = ("points_per_side", "points_per_batch", "pred_iou_thresh",
                     "crop_n_points_downscale_factor", "point_grids", "min_mask_region_area")
 
 
-def reference_params(cfg: AMGConfig) -> dict[str, Any]:
-    """The reference generator's keyword arguments for ``cfg`` (:data:`REFERENCE_PARAMS`;
-    ``points_per_side`` is ``None`` when ``cfg`` has ``point_grids``)."""
-    params = {k: getattr(cfg, k) for k in REFERENCE_PARAMS}
+def reference_params(cfg: AMGConfig, family: str = "sam") -> dict[str, Any]:
+    """A reference generator's keyword arguments for ``cfg``: the family's
+    (:data:`REFERENCE_FAMILIES`; SAM v1's :data:`REFERENCE_PARAMS` by default), with the
+    family's defaults in place of ``None`` fields (:meth:`AMGConfig.for_family`, mask
+    threshold 0.0); ``points_per_side`` is ``None`` when ``cfg`` has ``point_grids``."""
+    cfg = cfg.for_family(family, 0.0)
+    params = {k: getattr(cfg, k) for k in REFERENCE_FAMILIES[family].params}
     if params["point_grids"] is not None:
         params["points_per_side"] = None
     return params
@@ -49,6 +57,130 @@ def make_reference_generator(params: dict[str, Any], device: str = "cpu") -> Any
     model = sam_model_registry["vit_t"](checkpoint=str(fetch_checkpoint("mobile_sam"))).eval()
     model.to(device)
     return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
+
+
+def seeded_weights_(module: Any, seed: int) -> None:
+    """Replace every floating parameter and buffer of ``module`` (in place) by seeded noise, n
+    standard normal drawn in state-dict order from ``torch.Generator().manual_seed(seed)``:
+    a prompt encoder's Gaussian frequency matrix ``n`` (its official scale), weights of 1-d
+    norm layers ``1 + 0.1 n``, the last layer of the hypernetwork MLPs ``2 n`` (so that mask
+    logits spread beyond the +-32 clamp, as trained models' do), everything else ``0.05 n``.
+    Used where no checkpoint is at hand: the official model and ours then hold the same
+    random weights."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if not t.dtype.is_floating_point:
+                continue
+            noise = torch.randn(t.shape, generator=g)
+            if name.endswith("positional_encoding_gaussian_matrix"):
+                t.copy_(noise)
+            elif "output_hypernetworks_mlps" in name and ".layers.2." in name:
+                t.copy_(2.0 * noise)
+            elif t.ndim == 1 and name.endswith(".weight") and "norm" in name:
+                t.copy_(1.0 + 0.1 * noise)
+            else:
+                t.copy_(0.05 * noise)
+
+
+#: The official SAM 2.1 model configs inside the ``sam2`` package, by our model name.
+SAM2_OFFICIAL_CONFIGS = {
+    "sam2.1_hiera_tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
+    "sam2.1_hiera_small": "configs/sam2.1/sam2.1_hiera_s.yaml",
+    "sam2.1_hiera_base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    "sam2.1_hiera_large": "configs/sam2.1/sam2.1_hiera_l.yaml",
+}
+
+
+def _sam_pair(name: str, params: dict[str, Any], device: str, seed: int,
+              checkpoint: Path | None) -> tuple[Any, Any]:
+    """MobileSAM with its verified weights, ours and the reference's (seed, checkpoint unused)."""
+    from sam_model import load_model
+    return load_model(name, device=device), make_reference_generator(params, device)
+
+
+def _sam2_pair(name: str, params: dict[str, Any], device: str, seed: int,
+               checkpoint: Path | None) -> tuple[Any, Any]:
+    """The official SAM 2.1 model (``build_sam2``) with the checkpoint's weights, or seeded
+    random ones (:func:`seeded_weights_`), its ``SAM2AutomaticMaskGenerator``, and our
+    :class:`sam_model.Sam2` with the same weights (loaded strictly)."""
+    import torch
+    from sam_model import Sam2, SAM2_CONFIGS, load_model
+    from sam_model.sam2_checkpoints import image_state_dict
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+        from sam2.build_sam import build_sam2
+        official = build_sam2(SAM2_OFFICIAL_CONFIGS[name],
+                              None if checkpoint is None else str(checkpoint), device="cpu")
+    if checkpoint is None:
+        seeded_weights_(official, seed)
+        ours = Sam2(SAM2_CONFIGS[name])
+        ours.load_state_dict(image_state_dict(official.state_dict()), strict=True)
+        ours = ours.to(device).eval()
+    else:
+        ours = load_model(checkpoint, device=device, arch=name)
+    official = official.to(torch.device(device)).eval()
+    return ours, SAM2AutomaticMaskGenerator(official, output_mode="coco_rle", **params)
+
+
+@dataclass(frozen=True)
+class ReferenceFamily:
+    """How the tools put one model family's official generator beside our model.
+
+    Attributes:
+        dist: the distribution holding the official generator (a test-only oracle).
+        names: our model names it covers.
+        params: the :class:`AMGConfig` fields the official generator takes.
+        build: ``(name, params, device, seed, checkpoint) -> (our model, official generator)``
+            with the same weights in both: the checkpoint's, or seeded random ones where the
+            family has no checkpoint at hand (``checkpoint`` None). The generator returns COCO
+            RLE records. Raises ImportError when ``dist`` is not installed.
+        random_weights: whether ``checkpoint=None`` means seeded random weights.
+    """
+
+    dist: str
+    names: tuple[str, ...]
+    params: tuple[str, ...]
+    build: Callable[[str, dict[str, Any], str, int, Path | None], tuple[Any, Any]]
+    random_weights: bool
+
+
+#: The families ``tools/bench.py --model`` knows, by ``model.family``.
+REFERENCE_FAMILIES: dict[str, ReferenceFamily] = {
+    "sam": ReferenceFamily(REFERENCE_DIST, ("mobile_sam",), REFERENCE_PARAMS, _sam_pair, False),
+    "sam2": ReferenceFamily("sam2", tuple(SAM2_OFFICIAL_CONFIGS),
+                            REFERENCE_PARAMS + ("mask_threshold", "multimask_output", "use_m2m"),
+                            _sam2_pair, True),
+}
+
+
+def reference_family(name: str) -> str:
+    """The :data:`REFERENCE_FAMILIES` key covering model ``name``.
+
+    Raises:
+        ConfigError: no family covers it (the message lists the names that work).
+    """
+    for family, ref in REFERENCE_FAMILIES.items():
+        if name in ref.names:
+            return family
+    known = [n for ref in REFERENCE_FAMILIES.values() for n in ref.names]
+    raise ConfigError(f"--model {name}: no reference generator for it; known: {known}")
+
+
+def reference_pair(name: str, cfg: AMGConfig, device: str = "cpu", seed: int = 0,
+                   checkpoint: Path | None = None) -> tuple[Any, Any]:
+    """Our model ``name`` and its family's official generator with ``cfg``'s parameters
+    (:func:`reference_params`), the same weights in both (:class:`ReferenceFamily`).
+
+    Raises:
+        ConfigError: no reference family covers ``name``.
+        ImportError: the family's official package is not installed.
+    """
+    family = reference_family(name)
+    ref = REFERENCE_FAMILIES[family]
+    return ref.build(name, reference_params(cfg, family), device, seed, checkpoint)
 
 
 def parse_value(text: str, plain_strings: bool = False) -> Any:

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mobile_sam",
                    help="a model name (mobile_sam, vit_b/l/h, sam_hq_vit_b/l/h/tiny, "
                         "sam2.1_hiera_tiny/small/base_plus/large, efficient_sam_vitt/vits) or a "
-                        "SAM v1 / MobileSAM / SAM-HQ checkpoint file (default: mobile_sam)")
+                        "SAM v1 / MobileSAM / SAM-HQ checkpoint file (default: mobile_sam); a SAM 2 model "
+                        "takes SAM 2's generator defaults")
     p.add_argument("--config", default="default", metavar="PRESET", help=_preset_help())
     p.add_argument("--device", default=None,
                    help="torch device, e.g. cpu or cuda (default: cpu; with --engine ray: cuda "

@@ -163,6 +163,48 @@ def test_default_preset_used_without_config(tmp_path, capsys, fake_generator):
     assert cfg == AMGConfig(output_mode="coco_rle")
 
 
+@pytest.fixture
+def spy_real_generator(monkeypatch):
+    """Random-weight models of the named architecture and the real MaskGenerator construction
+    (generation skipped); returns the resolved configs."""
+    import sam_model
+
+    seen = []
+    real_init = amg.generator.MaskGenerator.__init__
+
+    def spy_init(self, model, config=None, **params):
+        real_init(self, model, config, **params)
+        seen.append(self.config)
+
+    monkeypatch.setattr(sam_model, "load_model",
+                        lambda name, device="cpu": sam_model.build_model(name, device))
+    monkeypatch.setattr(amg.generator.MaskGenerator, "__init__", spy_init)
+    monkeypatch.setattr(amg.generator.MaskGenerator, "generate", lambda self, image: [])
+    return seen
+
+
+def test_sam2_model_without_flags_gets_sam2_generator_defaults(tmp_path, capsys,
+                                                              spy_real_generator):
+    rc = main([str(shared_path("images", "dog.jpg")), "-o", str(tmp_path / "a"),
+               "--model", "sam2.1_hiera_tiny"])
+    assert rc == 0, capsys.readouterr().err
+    rc = main([str(shared_path("images", "dog.jpg")), "-o", str(tmp_path / "b"),
+               "--model", "sam2.1_hiera_tiny", "--pred-iou-thresh", "0.9", "--use-m2m",
+               "--no-multimask-output", "--mask-threshold", "0.5"])
+    assert rc == 0, capsys.readouterr().err
+    default, flags = spy_real_generator
+    assert (default.pred_iou_thresh, default.mask_threshold, default.multimask_output,
+            default.use_m2m) == (0.8, 0.0, True, False)
+    assert (flags.pred_iou_thresh, flags.mask_threshold, flags.multimask_output,
+            flags.use_m2m) == (0.9, 0.5, False, True)
+
+
+def test_sam2_option_with_sam_v1_model_is_a_named_error(tmp_path, capsys, spy_real_generator):
+    err = run_bad([str(shared_path("images", "dog.jpg")), "-o", str(tmp_path / "out"),
+                   "--model", "mobile_sam", "--use-m2m", "--no-progress"], capsys)
+    assert "use_m2m is not an option of mobile_sam" in err
+
+
 def test_colliding_stems_get_distinct_outputs(tmp_path, capsys, fake_generator):
     copy_photos(tmp_path / "in" / "a", "dog.jpg")
     copy_photos(tmp_path / "in" / "b", "dog.jpg")
