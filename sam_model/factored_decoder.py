@@ -39,7 +39,11 @@ terms evaluated in float32; the tests hold it to the plain decoder within 1e-4 o
 weights and photos.
 
 Reference semantics: ``MaskDecoder.forward`` with ``multimask_output`` over single-point
-prompts and the "no mask" dense embedding.
+prompts and the "no mask" dense embedding. The same rewrite serves SAM 2's mask decoder
+(:class:`~sam_model.sam2_mask_decoder.Sam2MaskDecoder`: the same two-way transformer and
+upscaling, an object-score token ahead of the IoU token, and high-resolution skip features
+added after each transposed convolution, which are per-image biases of the upscaling here:
+:meth:`FactoredGridDecoder.prepare` with ``high_res_features``).
 """
 
 from __future__ import annotations
@@ -120,6 +124,12 @@ class FactoredContext:
         base: (HW, C) the base ``B`` of the transformer's output image tokens.
         conv1_base: (HW, 4 * C/4) ``B`` times the first upscaling transposed convolution's
             per-token matrix (no bias).
+        bias1: None (the first transposed convolution's bias alone), or (HW, 4 * C/4) that bias
+            plus the stride-8 skip feature (SAM 2's ``conv_s1`` output) of each token's 2 x 2
+            outputs, in ``conv1_base``'s column order (sub-pixel (i, j), channel).
+        bias2: None, or (4 * HW, 4 * C/8) the second transposed convolution's bias plus the
+            stride-4 skip feature (``conv_s0``) per (token, i, j) row and (k, l, channel)
+            column: the order of the second convolution's products.
     """
 
     keys0: torch.Tensor
@@ -132,6 +142,8 @@ class FactoredContext:
     attns: list = None
     base: torch.Tensor = None
     conv1_base: torch.Tensor = None
+    bias1: torch.Tensor | None = None
+    bias2: torch.Tensor | None = None
 
 
 @dataclass
@@ -215,7 +227,10 @@ class FactoredGridDecoder:
     :meth:`predict_iou`, :meth:`mask_inputs` and :meth:`predict_mask_logits`.
 
     Args:
-        decoder: the model's :class:`MaskDecoder` (weights are read, not copied, in float32).
+        decoder: the model's :class:`MaskDecoder`, or SAM 2's
+            :class:`~sam_model.sam2_mask_decoder.Sam2MaskDecoder` (weights are read, not
+            copied, in float32): its ``transformer``, ``output_upscaling``,
+            ``output_token_weights``, ``predict_iou`` and ``hypernetwork_weights``.
         dtype: arithmetic of the per-prompt work. ``torch.float32`` (default) is the exact
             rewrite. ``torch.bfloat16`` is an approximation for fast presets (not the
             reference's numbers): the per-image terms are computed in float32 by
@@ -259,7 +274,9 @@ class FactoredGridDecoder:
 
     # ------------------------------------------------------------------ per image
     def prepare(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
-                dense: torch.Tensor) -> FactoredContext:
+                dense: torch.Tensor,
+                high_res_features: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> FactoredContext:
         """Shared image-side work: the first block's projections (tokens->image
         keys/values, image->tokens queries) and, for every LayerNorm and later attention,
         the base terms of form (*).
@@ -267,13 +284,17 @@ class FactoredGridDecoder:
         Args:
             image_embedding: (1, C, h, w) float32. image_pe: (1, C, h, w). dense: (1, C, h, w)
                 (the broadcast "no mask" embedding).
+            high_res_features: SAM 2's skip features ``(feat_s0 (1, C/8, 4h, 4w), feat_s1
+                (1, C/4, 2h, 2w))`` float32, added inside the output upscaling
+                (:meth:`Sam2MaskDecoder.upscale`); None for SAM's decoder.
 
         Returns:
             a :class:`FactoredContext` (about 1.3 GMAC and 20 MB for a 64x64 grid), its
             tensors in this decoder's ``dtype`` (computed in float32, then rounded).
         """
         if self._float32 is not None:
-            return self._cast_context(self._float32.prepare(image_embedding, image_pe, dense))
+            return self._cast_context(self._float32.prepare(image_embedding, image_pe, dense,
+                                                            high_res_features))
         keys0 = (image_embedding + dense)[0].flatten(1).T.contiguous()  # (HW, C)
         pe = image_pe[0].flatten(1).T.contiguous()
         x0 = keys0 + pe
@@ -322,9 +343,47 @@ class FactoredGridDecoder:
                 attns.append(_AttentionShared(proj(a2i.k_proj, base), proj(a2i.k_proj, pe),
                                               v_base, proj(i2t.q_proj, base),
                                               proj(i2t.q_proj, pe)))
+        bias1 = bias2 = None
+        if high_res_features is not None:
+            bias1, bias2 = self._skip_biases(high_res_features, ctx.grid_hw)
         return FactoredContext(ctx.keys0, ctx.pe, ctx.k0, ctx.v0, ctx.q0, ctx.grid_hw,
                                norms=norms, attns=attns, base=base,
-                               conv1_base=(base @ self.w1).contiguous())
+                               conv1_base=(base @ self.w1).contiguous(), bias1=bias1, bias2=bias2)
+
+    def _skip_biases(self, high_res_features: tuple[torch.Tensor, torch.Tensor],
+                     grid_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:attr:`FactoredContext.bias1` / ``bias2`` from SAM 2's skip features.
+
+        The first transposed convolution (kernel = stride = 2) writes token (y, x)'s output
+        (i, j) to pixel (2y + i, 2x + j) of the stride-8 map, the second writes row (y, x, i, j)'s
+        output (k, l) to pixel (4y + 2i + k, 4x + 2j + l) of the stride-4 map; each skip
+        feature is added there (``up = GELU(LN(dc1(x) + s1)); GELU(dc2(up) + s0)``).
+        """
+        feat_s0, feat_s1 = high_res_features
+        h, w = grid_hw
+        c1, c2 = self.c1, self.c2
+        if feat_s1.shape != (1, c1, 2 * h, 2 * w) or feat_s0.shape != (1, c2, 4 * h, 4 * w):
+            raise ValueError(f"high_res_features must be (1, {c2}, {4 * h}, {4 * w}) and "
+                             f"(1, {c1}, {2 * h}, {2 * w}), got {tuple(feat_s0.shape)} and "
+                             f"{tuple(feat_s1.shape)}")
+        s1 = feat_s1[0].view(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(h * w, 4 * c1)
+        s0 = feat_s0[0].view(c2, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0)
+        return ((s1 + self.b1).contiguous(),
+                (s0.reshape(4 * h * w, 4 * c2) + self.b2).contiguous())
+
+    def _upscaling_biases(self, ctx: FactoredContext, token_box: tuple[int, int, int, int]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The biases of the two transposed convolutions for the tokens of ``token_box``:
+        ``(b1 (4*c1,), b2 (4*c2,))`` without skip features, else the window's rows of
+        ``ctx.bias1`` (n, 4*c1) and ``ctx.bias2`` (4n, 4*c2), n its tokens (row-major)."""
+        if ctx.bias1 is None:
+            return self.b1, self.b2
+        gh, gw = ctx.grid_hw
+        y0, y1, x0, x1 = token_box
+        n = (y1 - y0) * (x1 - x0)
+        b1 = ctx.bias1.view(gh, gw, -1)[y0:y1, x0:x1].reshape(n, -1)
+        b2 = ctx.bias2.view(gh, gw, 4, -1)[y0:y1, x0:x1].reshape(4 * n, -1)
+        return b1, b2
 
     def _cast_context(self, ctx: FactoredContext) -> FactoredContext:
         """A float32 context rounded to ``self.dtype``, its LayerNorms this decoder's copies."""
@@ -337,7 +396,9 @@ class FactoredGridDecoder:
                  for a in ctx.attns]
         return FactoredContext(ctx.keys0.to(dt), ctx.pe.to(dt), ctx.k0.to(dt), ctx.v0.to(dt),
                                ctx.q0.to(dt), ctx.grid_hw, norms=norms, attns=attns,
-                               base=ctx.base.to(dt), conv1_base=ctx.conv1_base.to(dt))
+                               base=ctx.base.to(dt), conv1_base=ctx.conv1_base.to(dt),
+                               bias1=None if ctx.bias1 is None else ctx.bias1.to(dt),
+                               bias2=None if ctx.bias2 is None else ctx.bias2.to(dt))
 
     # ------------------------------------------------------------------ form (*) steps
     def _layer_norm(self, ns: _NormShared, scale: torch.Tensor | None, coef: torch.Tensor,
@@ -483,7 +544,8 @@ class FactoredGridDecoder:
                 computed only for these, the other positions are NaN. Default: all.
 
         Returns:
-            tokens (B, 5 + Np, C) and the output image tokens as :class:`FactoredImageTokens`
+            tokens (B, T + Np, C) (T output tokens: 5 in SAM, 6 in SAM 2) and the output image
+            tokens as :class:`FactoredImageTokens`
             (``.materialize()`` gives ``MaskDecoder``'s (B, HW, C)), both in ``self.dtype``.
         """
         dec = self.dec
@@ -491,7 +553,7 @@ class FactoredGridDecoder:
         sparse = sparse.to(self.dtype)
         b = sparse.shape[0]
         h = self.heads
-        out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], 0)
+        out_tokens = dec.output_token_weights()
         pe_tok = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], 1)
         nt = pe_tok.shape[1]
         hw, c = ctx.keys0.shape
@@ -626,17 +688,18 @@ class FactoredGridDecoder:
         r = image_tokens.coef.shape[1]
         out = torch.empty(b, m, 4 * th, 4 * tw, dtype=weights.dtype, device=weights.device)
         base = ctx.conv1_base.view(gh, gw, -1)[y0:y1, x0:x1].reshape(th * tw, -1)
+        b1, b2 = self._upscaling_biases(ctx, token_box)
         if th * tw <= BATCHED_WINDOW_TOKENS:
             return self._window_logits_batched(image_tokens, rows_w1, base, weights, token_box,
-                                               grid_hw).view(b, m, 4 * th, 4 * tw).float()
+                                               grid_hw, b1, b2).view(b, m, 4 * th, 4 * tw).float()
         for i in range(b):
             coef = image_tokens.coef[i].view(r, gh, gw)[:, y0:y1, x0:x1].reshape(r, th * tw)
             a = image_tokens.scale[i].view(gh, gw)[y0:y1, x0:x1].reshape(th * tw, 1)
             # (th*tw, 4*c1): b1 + a * base first, then the product accumulated into it
-            f = torch.addcmul(self.b1, a, base, out=self._workspace("f1", th * tw, rows_w1.shape[2],
-                                                                    rows_w1))
+            f = torch.addcmul(b1, a, base, out=self._workspace("f1", th * tw, rows_w1.shape[2],
+                                                               rows_w1))
             f.addmm_(coef.T, rows_w1[i])
-            self._logits_from_conv1(f, weights[i], th, tw, out[i])
+            self._logits_from_conv1(f, weights[i], th, tw, out[i], b2)
         return out.float()
 
     def _tokens_to_shared_image(self, attn: DecoderAttention, q_in: torch.Tensor,
@@ -659,12 +722,13 @@ class FactoredGridDecoder:
         return (m + attn.out_proj.bias / h).reshape(b, h * nt, -1)
 
     def _logits_from_conv1(self, f: torch.Tensor, weights: torch.Tensor, th: int, tw: int,
-                           out: torch.Tensor) -> torch.Tensor:
+                           out: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
         """Rest of the output upscaling for one prompt, from the first transposed convolution's
         output ``f`` (th*tw, 4*c1) (token-major, sub-pixel (i, j), channel): LayerNorm2d, GELU,
         second transposed convolution, GELU, then the dot product of every upscaled pixel's
         c2 features with the hypernetwork ``weights`` (M, c2); written into ``out``
-        (M, 4*th, 4*tw) in row-major pixel order.
+        (M, 4*th, 4*tw) in row-major pixel order. ``b2``: the second convolution's bias,
+        (4*c2,) or per row (th*tw*4, 4*c2) (:meth:`_upscaling_biases`).
 
         The last product is (th*tw*16, c2) x (c2, M) on the second convolution's output viewed
         one pixel per row; a block-diagonal (th*tw*4, 4*c2) x (4*c2, 4*M) form of it does 4x
@@ -674,7 +738,7 @@ class FactoredGridDecoder:
         n = 4 * f.shape[0]
         g = F.layer_norm(f.view(-1, self.c1), (self.c1,), self.ln_w, self.ln_b, self.ln_eps)
         torch.ops.aten.gelu_(g)  # in place: the same values as F.gelu, no new buffer
-        f2 = torch.addmm(self.b2, g, self.w2, out=self._workspace("f2", n, 4 * self.c2, g))
+        f2 = torch.addmm(b2, g, self.w2, out=self._workspace("f2", n, 4 * self.c2, g))
         torch.ops.aten.gelu_(f2)  # (th*tw*4, 4*c2)
         # (th*tw*16, M) = (th*tw*4, 4*M): pixel in products' order, then mask
         res = torch.mm(f2.view(-1, self.c2), weights.T,
@@ -740,8 +804,8 @@ class FactoredGridDecoder:
 
     def _window_logits_batched(self, image_tokens: FactoredImageTokens, rows_w1: torch.Tensor,
                                base: torch.Tensor, weights: torch.Tensor,
-                               token_box: tuple[int, int, int, int], grid_hw: tuple[int, int]
-                               ) -> torch.Tensor:
+                               token_box: tuple[int, int, int, int], grid_hw: tuple[int, int],
+                               b1: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
         """:meth:`predict_mask_logits` of a small token window for all prompts at once (a few
         large operations instead of ~9 small ones per prompt: the crop-edge strips).
 
@@ -749,6 +813,7 @@ class FactoredGridDecoder:
             image_tokens: B prompts. rows_w1: (B, r, 4*c1) their rows times ``w1``.
             base: (n, 4*c1) ``conv1_base`` of the window's n tokens. weights: (B, M, c2).
             token_box, grid_hw: as in :meth:`predict_mask_logits`.
+            b1, b2: the window's upscaling biases (:meth:`_upscaling_biases`).
 
         Returns:
             (B, M * 16 * n) logits in ``self.dtype``, (mask, row-major low-res pixel) order.
@@ -760,10 +825,12 @@ class FactoredGridDecoder:
         m = weights.shape[1]
         coef = image_tokens.coef.view(b, r, gh, gw)[:, :, y0:y1, x0:x1].reshape(b, r, th * tw)
         a = image_tokens.scale.view(b, gh, gw)[:, y0:y1, x0:x1].reshape(b, th * tw, 1)
-        f = torch.baddbmm(torch.addcmul(self.b1, a, base), coef.transpose(1, 2), rows_w1)
+        f = torch.baddbmm(torch.addcmul(b1, a, base), coef.transpose(1, 2), rows_w1)
         g = F.layer_norm(f.view(-1, self.c1), (self.c1,), self.ln_w, self.ln_b, self.ln_eps)
         torch.ops.aten.gelu_(g)
-        f2 = torch.addmm(self.b2, g, self.w2)  # (B*n*4, 4*c2)
+        if b2.ndim == 2:  # per-row biases (skip features): the same for every prompt
+            b2 = b2.repeat(b, 1)
+        f2 = torch.addmm(b2, g, self.w2)  # (B*n*4, 4*c2)
         torch.ops.aten.gelu_(f2)
         res = torch.bmm(f2.view(b, -1, self.c2), weights.transpose(1, 2))  # (B, 16n, M)
         return res.view(b, -1)[:, self._logit_order(th, tw, m, res.device)]
@@ -792,12 +859,16 @@ class FactoredPointDecoder:
         token_hw: (th, tw) image tokens decoded (those under the image, not the padding); the
             logits returned are the low-res pixels ``(4*th, 4*tw)``.
         chunk_size: prompts per decoder pass (a cache knob: the results do not depend on it).
+        final_tokens: output-token positions read after the transformer, the IoU token's and
+            the multimask tokens' (:data:`FINAL_TOKENS` for SAM; SAM 2's are one further
+            on, after its object-score token).
     """
 
     def __init__(self, decoder: FactoredGridDecoder, ctx: FactoredContext,
                  sparse_fn: Callable[[torch.Tensor], torch.Tensor], token_hw: tuple[int, int],
-                 chunk_size: int) -> None:
+                 chunk_size: int, final_tokens: Sequence[int] = FINAL_TOKENS) -> None:
         self.decoder, self.ctx, self.sparse_fn = decoder, ctx, sparse_fn
+        self.final_tokens = list(final_tokens)
         self.token_hw = token_hw
         self.low_res_hw = (4 * token_hw[0], 4 * token_hw[1])
         self.chunk_size = chunk_size
@@ -817,7 +888,7 @@ class FactoredPointDecoder:
         step = self.chunk_size
         for s in range(0, n, step):
             with record_function("decoder.transformer"):
-                tokens, img_tokens = gd.run_transformer(ctx, sparse[s:s + step], FINAL_TOKENS)
+                tokens, img_tokens = gd.run_transformer(ctx, sparse[s:s + step], self.final_tokens)
                 iou = gd.predict_iou(tokens)[:, MULTIMASK_TOKENS]  # (b, 3)
             keep = iou > iou_thresh if iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
             rows = keep.any(1).nonzero().flatten()

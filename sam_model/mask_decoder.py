@@ -80,6 +80,10 @@ class MaskDecoder(nn.Module):
         feats = image_tokens.transpose(1, 2).reshape(b, c, *grid_hw)
         return self.output_upscaling(feats)
 
+    def output_token_weights(self) -> torch.Tensor:
+        """(5, C) the output tokens ahead of the prompt tokens: IoU, then the 4 mask tokens."""
+        return torch.cat([self.iou_token.weight, self.mask_tokens.weight], 0)
+
     def hypernetwork_weights(self, tokens: torch.Tensor, mask_index: list[int]) -> torch.Tensor:
         """Per-mask weights: (B, len(mask_index), C/8) from the chosen mask tokens."""
         return torch.stack([self.output_hypernetworks_mlps[i](tokens[:, 1 + i]) for i in mask_index], 1)

@@ -5,7 +5,9 @@ driven by ``SAM2ImagePredictor`` and ``SAM2AutomaticMaskGenerator``).
 Stateless, like :class:`sam_model.sam.Sam`: :meth:`Sam2.encode_image` returns a
 :class:`Sam2ImageEmbedding`, :meth:`Sam2.decode` takes it with prompts in original-image pixels,
 :meth:`Sam2.point_decoder` gives the generator's per-image decoder (the seam of
-:mod:`sam_model.point_decoder`).
+:mod:`sam_model.point_decoder`): the exact fast rewrite
+(:class:`~sam_model.sam2_factored_decoder.Sam2FactoredPointDecoder`) or the plain one
+(:class:`Sam2PlainPointDecoder`).
 
 Pre-processing follows ``SAM2Transforms`` exactly: the uint8 image becomes float32 0..1
 (``ToTensor``), is resized to 1024 x 1024 *without* keeping the aspect ratio by
@@ -34,11 +36,12 @@ from torch.nn import functional as F
 from .family_model import FamilyModel
 from .fpn_neck import FpnNeck
 from .hiera import Hiera
-from .point_decoder import DecodedMasks, RejectWindow, apply_filters
+from .point_decoder import DecodedMasks, PointDecoder, RejectWindow, apply_filters
 from .resampling import bilinear_matrix
 from .prompt_encoder import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, Sam2PromptEncoder
 from .sam import check_compute_dtype, check_rgb_image
 from .sam2_configs import Sam2Config
+from .sam2_factored_decoder import Sam2FactoredPointDecoder
 from .sam2_mask_decoder import Sam2MaskDecoder
 
 
@@ -263,30 +266,43 @@ class Sam2(FamilyModel):
 
     def point_decoder(self, emb: Sam2ImageEmbedding, compute_dtype: torch.dtype = torch.float32,
                       low_res_hw: tuple[int, int] | None = None, *, plain: bool = False,
-                      multimask_output: bool = True, use_m2m: bool = False
-                      ) -> "Sam2PlainPointDecoder":
+                      multimask_output: bool = True, use_m2m: bool = False,
+                      chunk_size: int | None = None) -> PointDecoder:
         """The generator's decoder for one encoded image (crop); see
         :mod:`sam_model.point_decoder`.
 
         Args:
             emb: from :meth:`encode_image`.
             compute_dtype: ``torch.float32`` (the reference's arithmetic) or ``torch.bfloat16``
-                (the decoder runs under ``torch.autocast``; outputs float32).
+                (an approximation: the fast decoder's per-prompt work in bfloat16, the plain
+                one under ``torch.autocast``; outputs float32).
             low_res_hw: (h, w) top-left part of the 256 x 256 low-res map to return, or None
-                for all of it.
-            plain: the plain decoder (prompt encoder + mask decoder forward, then filter).
-                SAM 2 has only this one, so ``False`` gives it too.
+                for all of it; the fast decoder rounds it up to whole image tokens (4 low-res
+                pixels each).
+            plain: the plain decoder (:class:`Sam2PlainPointDecoder`: prompt encoder + mask
+                decoder forward, then the filters) instead of the exact fast rewrite
+                (:class:`~sam_model.sam2_factored_decoder.Sam2FactoredPointDecoder`).
             multimask_output: three outputs per point (SAM 2 generator option) instead of one
                 (with the dynamic stability fallback).
             use_m2m: mask-to-mask refinement (SAM 2 generator option, see
                 :class:`Sam2PlainPointDecoder`).
+            chunk_size: prompts per fast-decoder pass (a cache knob, not the output); default
+                4 in float32, 8 in bfloat16. Unused by the plain decoder.
 
         Raises:
             ValueError: ``compute_dtype`` is neither float32 nor bfloat16.
         """
         check_compute_dtype(compute_dtype)
-        return Sam2PlainPointDecoder(self, emb, compute_dtype, low_res_hw,
-                                     multimask_output=multimask_output, use_m2m=use_m2m)
+        if plain:
+            return Sam2PlainPointDecoder(self, emb, compute_dtype, low_res_hw,
+                                         multimask_output=multimask_output, use_m2m=use_m2m)
+        refiner = None
+        if use_m2m:
+            refiner = Sam2PlainPointDecoder(self, emb, compute_dtype, None,
+                                            multimask_output=False, use_m2m=True).refine
+        return Sam2FactoredPointDecoder(
+            self, emb, compute_dtype, low_res_hw, multimask_output=multimask_output,
+            refiner=refiner, chunk_size=chunk_size or (4 if compute_dtype == torch.float32 else 8))
 
 
 class Sam2PlainPointDecoder:
@@ -353,15 +369,34 @@ class Sam2PlainPointDecoder:
         m = low.shape[1]
         low, iou = low.flatten(0, 1), iou.flatten(0, 1)
         prompt_index = torch.arange(b, device=pts.device).repeat_interleave(m)
-        if self.use_m2m and len(low):
-            c = self.model.cfg.low_res_logit_clamp
-            mask_in = low.clamp(-c, c)[:, None]
-            pts_k = pts.repeat_interleave(m, 0)[:, None]
-            parts = [self._decode(pts_k[s:s + b], mask_in[s:s + b], False)
-                     for s in range(0, len(low), b)]
-            low = torch.cat([p[0][:, 0] for p in parts])
-            iou = torch.cat([p[1][:, 0] for p in parts])
+        if self.use_m2m:
+            low, iou = self.refine(pts, low, prompt_index)
         return apply_filters(low, iou, prompt_index, iou_thresh, reject, self.low_res_hw)
+
+    @torch.inference_mode()
+    def refine(self, points: torch.Tensor, low_res_logits: torch.Tensor,
+               prompt_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask-to-mask pass (``refine_with_m2m``): each output decoded again from its
+        point and its own low-res logits clamped to [-32, 32] as mask input, single-mask
+        output (dynamic stability fallback), in chunks of ``len(points)`` outputs.
+
+        Args:
+            points: (B, 2) float32 xy in crop pixels, the batch's prompts.
+            low_res_logits: (K, 256, 256) float32 unclamped first-pass logits (whole maps).
+            prompt_index: (K,) int64 prompt of each output.
+
+        Returns:
+            refined unclamped logits (K, 256, 256) and predicted IoU (K,), float32.
+        """
+        if len(low_res_logits) == 0:
+            return low_res_logits, low_res_logits.new_zeros(0)
+        c = self.model.cfg.low_res_logit_clamp
+        mask_in = low_res_logits.clamp(-c, c)[:, None]
+        pts_k = points[prompt_index][:, None]
+        b = len(points)
+        parts = [self._decode(pts_k[s:s + b], mask_in[s:s + b], False)
+                 for s in range(0, len(mask_in), b)]
+        return torch.cat([p[0][:, 0] for p in parts]), torch.cat([p[1][:, 0] for p in parts])
 
 
 __all__ = ["Sam2", "Sam2ImageEmbedding", "Sam2ImageEncoder", "Sam2PlainPointDecoder"]

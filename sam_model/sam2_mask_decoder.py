@@ -129,6 +129,14 @@ class Sam2MaskDecoder(nn.Module):
             raise ValueError("Sam2MaskDecoder: use_high_res_features is off in this config")
         return self.conv_s0(level0), self.conv_s1(level1)
 
+    def output_token_weights(self) -> torch.Tensor:
+        """(6, C) the output tokens ahead of the prompt tokens: object score (with
+        ``pred_obj_scores``), IoU, then the 4 mask tokens."""
+        parts = [self.iou_token.weight, self.mask_tokens.weight]
+        if self.cfg.pred_obj_scores:
+            parts.insert(0, self.obj_score_token.weight)
+        return torch.cat(parts, 0)
+
     def run_transformer(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
                         sparse: torch.Tensor, dense: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,10 +153,7 @@ class Sam2MaskDecoder(nn.Module):
             (B, h*w, C), float32.
         """
         b = sparse.shape[0]
-        parts = [self.iou_token.weight, self.mask_tokens.weight]
-        if self.cfg.pred_obj_scores:
-            parts.insert(0, self.obj_score_token.weight)
-        out_tokens = torch.cat(parts, 0)
+        out_tokens = self.output_token_weights()
         tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], 1)
         return self.transformer(image_embedding + dense, image_pe, tokens)
 
@@ -193,6 +198,13 @@ class Sam2MaskDecoder(nn.Module):
         x = act1(ln1(dc1(x) + feat_s1))
         return act2(dc2(x) + feat_s0)
 
+    def hypernetwork_weights(self, tokens: torch.Tensor, mask_index: list[int]) -> torch.Tensor:
+        """Per-mask weights of the chosen mask tokens (0 single-mask, 1-3 multimask):
+        ``tokens`` (B, Nt, C) -> (B, len(mask_index), C/8)."""
+        t0 = self.first_mask_token
+        return torch.stack([self.output_hypernetworks_mlps[i](tokens[:, t0 + i])
+                            for i in mask_index], 1)
+
     def predict_mask_logits(self, tokens: torch.Tensor, image_tokens: torch.Tensor,
                             grid_hw: tuple[int, int],
                             high_res_features: tuple[torch.Tensor, torch.Tensor] | None
@@ -211,9 +223,7 @@ class Sam2MaskDecoder(nn.Module):
         """
         up = self.upscale(image_tokens, grid_hw, high_res_features)
         b, c, h, w = up.shape
-        t0 = self.first_mask_token
-        weights = torch.stack([mlp(tokens[:, t0 + i])
-                               for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1)
+        weights = self.hypernetwork_weights(tokens, list(range(self.num_mask_tokens)))
         return (weights @ up.reshape(b, c, h * w)).reshape(b, -1, h, w)
 
     def select_masks(self, mask_logits: torch.Tensor, iou_pred: torch.Tensor,
