@@ -151,6 +151,19 @@ def check_mixed_prompts(pair: EncodedPair) -> None:
         assert (iou2 - iou).abs().max().item() < TOL
 
 
+def split_between(values: torch.Tensor) -> float:
+    """A threshold between two of ``values`` near their middle, at the widest gap among the
+    middle half, so that float rounding far below the gap cannot move a value across it."""
+    v = values.double().sort().values
+    n = len(v)
+    lo, hi = n // 4, max(n // 4 + 1, (3 * n) // 4)
+    gaps = v[lo + 1:hi + 1] - v[lo:hi]
+    i = lo + int(gaps.argmax())
+    gap = float(v[i + 1] - v[i])
+    assert gap > 1e-5 * max(1.0, float(v.abs().max())), f"values too close to split: {v.tolist()}"
+    return float((v[i] + v[i + 1]) / 2)
+
+
 def check_point_decoder(pair: EncodedPair, n_points: int = 16) -> int:
     """The seam's plain point decoder against the official generator's batch step
     (``predict_torch`` multimask, not HQ-only, flattened, IoU > threshold), with a reject
@@ -158,10 +171,10 @@ def check_point_decoder(pair: EncodedPair, n_points: int = 16) -> int:
     pts = random_points(pair.image, n_points, seed=3)[:, 0]
     _, iou, low = reference_predict(pair, pts[:, None], np.ones((n_points, 1), np.int64))
     iou, low = iou.flatten(), low.flatten(0, 1)
-    thresh = float(iou.median())  # about half survive
+    thresh = split_between(iou)  # about half survive
     y0, y1, x0, x1 = 10, 20, 30, 44
     window = low[:, 4 * y0:4 * y1, 4 * x0:4 * x1]
-    cut = float(window.amax((1, 2)).median())
+    cut = split_between(window.amax((1, 2)))
 
     def reject(win: torch.Tensor) -> torch.Tensor:
         return win.amax((1, 2)) > cut
