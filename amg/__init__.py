@@ -1,7 +1,13 @@
-"""Automatic mask generation on top of :mod:`sam_model`: point grids, crops, filters, NMS, RLE,
-mask records, output writers and the ``segment-everything`` command.
+"""Automatic mask generation on top of :mod:`sam_model`: the generator and its pure steps (point
+grids, crops, filters, NMS, stability score, upscaling, small regions, ranking, refinement, RLE,
+mask data, records, configuration).
 
-``MaskGenerator`` and ``MaskData`` are imported lazily so that ``amg.cli`` starts without torch.
+Runs over many images (the ``segment-everything`` command, inputs, output writers, resume, the
+local and Ray engines) live in :mod:`amg.dataset`; quality evaluation (ground truth, proposal
+recall, reports) in :mod:`amg.evaluation`. Both sit above this package, which never imports them.
+
+``MaskGenerator`` and ``MaskData`` are imported lazily so that ``amg.dataset.cli`` starts
+without torch.
 """
 
 from .config import AMGConfig, ConfigError

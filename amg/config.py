@@ -3,12 +3,17 @@
 Names and defaults are exactly those of the reference ``SamAutomaticMaskGenerator``; YAML
 presets (``configs/*.yaml``) and CLI flags fill it. Unknown names are rejected (no ``**kwargs``
 that swallow a typo).
+
+Each field carries its one-line description, its choices and how to show its default in its
+metadata; :func:`parameters` reads them with the field's type and default, so the command-line
+flags (:mod:`amg.dataset.cli`) are derived from this one place.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,13 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
 
 class ConfigError(ValueError):
     """A generation parameter or preset is invalid; the message names it."""
+
+
+def _param(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
+           default_text: str | None = None, flag: bool = True) -> Any:
+    """A field of :class:`AMGConfig` with its one-line description (see :func:`parameters`)."""
+    return field(default=default, metadata={"help": help, "choices": choices,
+                                            "default_text": default_text, "flag": flag})
 
 
 @dataclass
@@ -48,12 +60,6 @@ class AMGConfig:
             cache-size knob that does not change the output (in float32; in bfloat16 at most
             by rounding). ``None`` (default): 4 in float32, 8 in bfloat16, the fastest of
             2/4/8/16 on a 2-core CPU (docs/benchmarks.md).
-        coarse_to_fine_stride: not in the reference (fast preset). With s > 1, each crop's
-            regular grid is prompted in two passes: every s-th row and column first, then
-            the other points, except those inside a first-pass mask no larger than
-            ``coarse_cover_area_frac`` of the crop. 1 (default) prompts every point, exactly
-            as the reference.
-        coarse_cover_area_frac: see ``coarse_to_fine_stride``; in [0, 1]. 0 skips nothing.
         input_size: not in the reference. Side of the square model input in pixels (the
             longest image or crop side is resized to it); ``None`` (default) keeps the
             model's own (1024, exactly as the reference). A multiple of 16 in [256, 4096];
@@ -92,31 +98,55 @@ class AMGConfig:
             (:func:`amg.regions.remove_minor_islands`). 0 (default) drops nothing.
     """
 
-    points_per_side: int | None = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    point_grids: list[np.ndarray] | None = None
-    min_mask_region_area: int = 0
-    output_mode: str = "binary_mask"
-    decoder_chunk_size: int | None = None
-    coarse_to_fine_stride: int = 1
-    coarse_cover_area_frac: float = 0.0
-    input_size: int | None = None
-    compute_dtype: str = "float32"
-    max_masks: int | None = None
-    nested_mask_penalty: float = 0.0
-    reserve_pred_iou_thresh: float | None = None
-    reserve_stability_score_thresh: float | None = None
-    refine_crop_n_layers: int = 0
-    fill_holes: bool = False
-    island_area_frac: float = 0.0
+    points_per_side: int | None = _param(
+        32, "grid points along each image side: n x n prompts in crop layer 0")
+    points_per_batch: int = _param(64, "prompts decoded per batch (memory, not the output)")
+    pred_iou_thresh: float = _param(0.88, "keep masks whose predicted IoU is above this (0: off)")
+    stability_score_thresh: float = _param(
+        0.95, "keep masks whose stability score is at least this (0: off)")
+    stability_score_offset: float = _param(
+        1.0, "logit offset of the stability score's two thresholds")
+    box_nms_thresh: float = _param(
+        0.7, "box IoU above which NMS in a crop drops the lower-scored mask")
+    crop_n_layers: int = _param(0, "extra crop layers; layer i has (2**i)**2 crops")
+    crop_nms_thresh: float = _param(
+        0.7, "box IoU of the NMS across crops (smaller crops preferred)")
+    crop_overlap_ratio: float = _param(
+        512 / 1500, "crop overlap as a fraction of the image's short side (layer 1)")
+    crop_n_points_downscale_factor: int = _param(
+        1, "points per side shrink by this factor per crop layer")
+    point_grids: list[np.ndarray] | None = _param(
+        None, "explicit point grids, one (N, 2) array of xy in [0, 1] per crop layer",
+        flag=False)
+    min_mask_region_area: int = _param(
+        0, "remove disconnected regions and holes below this many pixels (0: off)")
+    output_mode: str = _param("binary_mask", "segmentation encoding of the records",
+                              choices=OUTPUT_MODES, flag=False)
+    decoder_chunk_size: int | None = _param(
+        None, "prompts per mask-decoder call inside a batch (speed, not the output)",
+        default_text="4 in float32, 8 in bfloat16")
+    input_size: int | None = _param(
+        None, "side of the square model input in pixels, a multiple of 16 in [256, 4096]",
+        default_text="the model's own, 1024")
+    compute_dtype: str = _param(
+        "float32", "arithmetic of the image encoder and the mask decoder's per-prompt work",
+        choices=COMPUTE_DTYPES)
+    max_masks: int | None = _param(
+        None, "keep at most this many masks per image, ranked by predicted IoU",
+        default_text="no limit")
+    nested_mask_penalty: float = _param(
+        0.0, "ranking penalty per larger mask containing a mask (with --max-masks)")
+    reserve_pred_iou_thresh: float | None = _param(
+        None, "predicted-IoU threshold of reserve masks, which fill free places of --max-masks",
+        default_text="off")
+    reserve_stability_score_thresh: float | None = _param(
+        None, "stability threshold of reserve masks (with --reserve-pred-iou-thresh)",
+        default_text="off")
+    refine_crop_n_layers: int = _param(
+        0, "decode each kept mask again in a zoomed crop of crop layers 1..n (0: off)")
+    fill_holes: bool = _param(False, "fill every hole of each kept mask")
+    island_area_frac: float = _param(
+        0.0, "drop regions of a mask smaller than this fraction of its largest region (0: off)")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -146,8 +176,7 @@ class AMGConfig:
                      f"point_grids[{i}] must have shape (N, 2), got {g.shape}")
                 need(bool(((g >= 0) & (g <= 1)).all()),
                      f"point_grids[{i}] must hold xy in [0, 1]")
-        for name in ("points_per_batch", "crop_n_points_downscale_factor", "decoder_chunk_size",
-                     "coarse_to_fine_stride"):
+        for name in ("points_per_batch", "crop_n_points_downscale_factor", "decoder_chunk_size"):
             v = getattr(self, name)
             if name == "decoder_chunk_size" and v is None:
                 continue
@@ -156,7 +185,7 @@ class AMGConfig:
             v = getattr(self, name)
             need(_is_int(v) and v >= 0, f"{name} must be an integer >= 0, got {v!r}")
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
-                     "crop_nms_thresh", "coarse_cover_area_frac"):
+                     "crop_nms_thresh"):
             v = getattr(self, name)
             need(_is_num(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v!r}")
         need(_is_num(self.stability_score_offset) and self.stability_score_offset >= 0,
@@ -226,6 +255,58 @@ class AMGConfig:
 
 
 PARAMETER_NAMES = tuple(f.name for f in dataclasses.fields(AMGConfig))
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One :class:`AMGConfig` field as a setting: what a command-line flag needs.
+
+    Attributes:
+        name: the field name (flag ``--name-with-dashes``).
+        type: ``int``, ``float``, ``str`` or ``bool`` (``None`` for fields no flag can set,
+            such as ``point_grids``).
+        default: the dataclass default.
+        help: one-line description.
+        choices: the accepted values of a ``str`` parameter, or ``None``.
+        default_text: how to show a ``None`` default (``"off"``), or ``None`` to show the value.
+        flag: whether the command line exposes it (``False``: presets and the API only).
+    """
+
+    name: str
+    type: type | None
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None
+    default_text: str | None
+    flag: bool
+
+    def default_label(self) -> str:
+        """The default as shown in help texts: ``default_text``, else the value (floats to six
+        decimals, booleans as ``true``/``false``)."""
+        if self.default_text is not None:
+            return self.default_text
+        if isinstance(self.default, bool):
+            return str(self.default).lower()
+        if isinstance(self.default, float):
+            return str(round(self.default, 6))
+        return str(self.default)
+
+
+def _scalar_type(hint: Any) -> type | None:
+    """``int`` for ``int`` or ``int | None`` (likewise float, str, bool); else ``None``."""
+    members = typing.get_args(hint) or (hint,)  # a union's members, or the type itself
+    scalars = [a for a in members if a is not type(None)]
+    return scalars[0] if len(scalars) == 1 and scalars[0] in (int, float, str, bool) else None
+
+
+def parameters() -> list[Parameter]:
+    """Every :class:`AMGConfig` field as a :class:`Parameter`, in field order (type from the
+    annotation, default from the dataclass, the rest from the field's metadata)."""
+    hints = typing.get_type_hints(AMGConfig)
+    return [Parameter(name=f.name, type=_scalar_type(hints[f.name]), default=f.default,
+                      help=f.metadata["help"], choices=f.metadata["choices"],
+                      default_text=f.metadata["default_text"], flag=f.metadata["flag"])
+            for f in dataclasses.fields(AMGConfig)]
 
 
 def check_names(params: dict[str, Any], source: str = "parameters") -> None:

@@ -7,19 +7,21 @@ inside the crop; then box NMS across crops preferring smaller crops; optionally 
 islands and holes; optionally (not in the reference) keep only the ``max_masks`` best
 (:mod:`amg.ranking`); return the reference's mask records.
 
-Differences from the reference are in *how*, not *what* (each step is an exact rewrite; results
-equal the reference's up to float rounding):
-- the mask decoder runs through :class:`sam_model.factored_decoder.FactoredGridDecoder`: the
-  first two-way block's image-side projections are computed once per crop, and each prompt's
-  image tokens are kept as ``scale * shared base + coefficients @ rows`` (the image->tokens
-  updates have rank heads x tokens), so the per-prompt work is on (HW x ~128) instead of
-  (HW x 256) arrays and every projection of the shared base is made once per crop; prompts are
-  decoded in cache-sized chunks (``decoder_chunk_size``) whatever ``points_per_batch`` is;
-- the predicted-IoU filter runs before any mask is upscaled, and only the surviving masks go
-  through the output upscaling, over the image tokens that cover the image (not the padding);
-- each survivor is upscaled only inside the region its logits can reach
-  (:class:`amg.upscale.RegionUpscaler`); the stability score, box, edge filter and RLE are
-  computed from that region, so no step holds a full-size mask, let alone a batch of them.
+The mask decoder is reached only through the model family's point decoder
+(:mod:`sam_model.point_decoder`): per crop ``model.point_decoder(embedding)``, per batch of grid
+points ``decode(points, iou_thresh, reject)`` -> the IoU survivors' low-res logits. What follows
+is exact (equal to the reference up to float rounding):
+- only the IoU survivors are upscaled, each only inside the region its logits can reach
+  (:class:`amg.upscale.RegionUpscaler`, from the family's ``low_res_to_image`` matrices); the
+  stability score, box, edge filter and RLE come from that region, so no step holds a
+  full-size mask, let alone a batch of them;
+- in crops inside the image, a mask with a pixel in a crop-edge strip is dropped from the
+  strip's few image tokens (a :class:`sam_model.point_decoder.RejectWindow`): the reference drops
+  it later anyway (box near a crop edge), whatever its stability score.
+
+Stages carry ``torch.profiler.record_function`` labels (``amg.image_encoder``,
+``amg.mask_decoder``, ``amg.upscale_and_rle``, ``amg.box_nms``, ``amg.postprocess``), so a
+profiler run (``tools/profile_stages.py``) splits the time by stage.
 """
 
 from __future__ import annotations
@@ -27,16 +29,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from torch.profiler import record_function
+
 import numpy as np
 import torch
 from torchvision.ops import batched_nms, box_area
 
-from sam_model import ImageEmbedding, Sam
-from sam_model.factored_decoder import FactoredGridDecoder, FactoredContext
-from sam_model.sam import check_rgb_image, has_native_bfloat16
+from sam_model import PointDecoder, RejectWindow, check_rgb_image, resolve_compute_dtype
 
 from .config import AMGConfig, check_names
-from .coarse_to_fine import grid_passes, uncovered
 from .crops import crop_edge_strips, generate_crop_boxes, is_box_near_crop_edge
 from .grid import build_all_layer_point_grids
 from .mask_data import MaskData
@@ -47,10 +48,6 @@ from .regions import clean_small_regions
 from .rle import area_from_rle, rle_to_mask
 from .upscale import RegionUpscaler, region_box_xyxy, region_to_rle
 
-MULTIMASK_TOKENS = [1, 2, 3]
-# Output tokens read after the transformer: the IoU token (0) and the multimask tokens.
-FINAL_TOKENS = [0] + [1 + i for i in MULTIMASK_TOKENS]
-DECODER = FactoredGridDecoder  # the batched mask decoder the generator runs
 # Crop-edge strips are tested first only while their tokens are at most this share of the
 # crop's tokens (always for crops of a few hundred pixels or more).
 EDGE_STRIP_MAX_TOKEN_FRAC = 0.35
@@ -71,6 +68,29 @@ class EdgeStrip:
     stop: int
     token_box: tuple[int, int, int, int]
     first: int
+
+    def reject_window(self, upscaler: RegionUpscaler, threshold: float) -> RejectWindow:
+        """The strip as a :class:`RejectWindow`: drop a mask with an upscaled logit above
+        ``threshold`` in the strip."""
+        def reject(low: torch.Tensor) -> torch.Tensor:
+            return upscaler.strip_any_above(low, self.first, self.axis, self.start, self.stop,
+                                            threshold)
+        return RejectWindow(self.token_box, reject)
+
+
+def nms_scores(primary: torch.Tensor, reserve: torch.Tensor, boost: float) -> torch.Tensor:
+    """Box-NMS scores that rank every main mask above every reserve mask
+    (``AMGConfig.reserve_pred_iou_thresh``), so that a reserve mask never suppresses a main one:
+    ``primary + boost`` for main masks (float64, so that the scores keep every float32
+    difference after the offset); ``primary`` unchanged when no mask is a reserve.
+
+    Args:
+        primary: (K,) float scores (predicted IoU, or 1 / crop area).
+        reserve: (K,) bool. boost: larger than the spread of ``primary``.
+    """
+    if not bool(reserve.any()):
+        return primary
+    return primary.double() + boost * (~reserve).double()
 
 
 def edge_strips_for_crop(crop_box: list[int], orig_hw: tuple[int, int], upscaler: RegionUpscaler,
@@ -99,7 +119,9 @@ class MaskGenerator:
     """Automatic mask generator with the reference ``SamAutomaticMaskGenerator`` parameters.
 
     Args:
-        model: a :class:`sam_model.Sam` (e.g. ``load_model("mobile_sam")``); its device is used.
+        model: a model of any family (e.g. ``load_model("mobile_sam")``): ``encode_image``,
+            ``point_decoder``, ``low_res_to_image``, ``mask_threshold``, ``device``; its
+            device is used.
         config: an :class:`AMGConfig`; keyword parameters override its fields.
         **params: any :class:`AMGConfig` field, by the reference's names.
 
@@ -107,15 +129,13 @@ class MaskGenerator:
         ConfigError: an unknown parameter name or an invalid value.
     """
 
-    def __init__(self, model: Sam, config: AMGConfig | None = None, **params: Any) -> None:
+    def __init__(self, model: Any, config: AMGConfig | None = None, **params: Any) -> None:
         check_names(params)
         self.config = (config or AMGConfig()).replace(**params) if params else (config or AMGConfig())
         cfg = self.config
         # input_size: the same weights run at another model-input side (not in the reference).
         self.model = model if cfg.input_size is None else model.with_input_size(int(cfg.input_size))
         self.compute_dtype = resolve_compute_dtype(cfg.compute_dtype, model.device)
-        with torch.no_grad():
-            self.grid_decoder = DECODER(model.mask_decoder, dtype=self.compute_dtype)
         if cfg.point_grids is not None:
             self.point_grids = [np.asarray(g, dtype=np.float64) for g in cfg.point_grids]
         else:
@@ -153,12 +173,18 @@ class MaskGenerator:
         data = MaskData.cat(parts)
         if len(crop_boxes) > 1 and len(data):
             # Prefer masks from smaller crops (reference: score = 1 / crop area).
-            scores = 1.0 / box_area(data.crop_boxes_xyxy.float())
-            if bool(data.reserve.any()):  # main masks before reserve ones (float64: 1 + 1/area)
-                scores = scores.double() + (~data.reserve).double()
-            keep = batched_nms(data.boxes_xyxy.to(scores.dtype), scores,
-                               torch.zeros_like(scores, dtype=torch.int64), cfg.crop_nms_thresh)
+            with record_function("amg.box_nms"):
+                scores = nms_scores(1.0 / box_area(data.crop_boxes_xyxy.float()), data.reserve, 1.0)
+                keep = batched_nms(data.boxes_xyxy.to(scores.dtype), scores,
+                                   torch.zeros_like(scores, dtype=torch.int64), cfg.crop_nms_thresh)
             data = data.filter(keep)
+        with record_function("amg.postprocess"):
+            return self._postprocess(image, data)
+
+    def _postprocess(self, image: np.ndarray, data: MaskData) -> MaskData:
+        """The steps after box NMS: small-region clean-up (reference), then the levers not in
+        the reference (budget ranking, zoomed refinement, hole filling, minor islands)."""
+        cfg = self.config
         if cfg.min_mask_region_area > 0 and len(data):
             data = remove_small_regions_and_dedupe(
                 data, cfg.min_mask_region_area, max(cfg.box_nms_thresh, cfg.crop_nms_thresh))
@@ -178,45 +204,38 @@ class MaskGenerator:
 
     # ------------------------------------------------------------------ steps
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int) -> MaskData:
-        model = self.model
+        """Every kept mask of one crop box (``[x0, y0, x1, y1]`` image pixels) of crop layer
+        ``layer``: encode the crop, decode its point grid in batches, box NMS in the crop;
+        boxes and points returned in image pixels."""
+        model, cfg = self.model, self.config
         x0, y0, x1, y1 = crop_box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
-        emb = model.encode_image(crop, self.compute_dtype)
+        with record_function("amg.image_encoder"):
+            emb = model.encode_image(crop, self.compute_dtype)
         ch, cw = crop.shape[:2]
-        # Shared per-crop work: first-block image projections, and the upscaling matrices of
-        # the low-res rows/columns that reach the image (the rest is padding).
-        no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)  # (1, C, 1, 1)
-        ctx = self.grid_decoder.prepare(emb.embedding, model.dense_pe(emb),
-                                        no_mask.expand_as(emb.embedding))
-        full_low = 4 * emb.grid_hw[0]
-        nh, nw = RegionUpscaler.needed_low_res(full_low, model.input_size, emb.input_hw, emb.original_hw)
-        token_hw = (-(-nh // 4), -(-nw // 4))
-        upscaler = RegionUpscaler((4 * token_hw[0], 4 * token_hw[1]), full_low, model.input_size,
-                                  emb.input_hw, emb.original_hw, model.device)
-        strips = edge_strips_for_crop(crop_box, image.shape[:2], upscaler, token_hw)
+        # Shared per-crop work: the decoder's, and the upscaling matrices of the low-res rows
+        # and columns that reach the image (the rest is padding).
+        ay, ax = model.low_res_to_image(emb)
+        with record_function("amg.mask_decoder"):
+            options = {} if cfg.decoder_chunk_size is None else {"chunk_size": cfg.decoder_chunk_size}
+            decoder = model.point_decoder(emb, self.compute_dtype, RegionUpscaler.needed_low_res(ay, ax),
+                                          **options)
+        upscaler = RegionUpscaler(decoder.low_res_hw, ay, ax, model.device)
+        token_hw = (decoder.low_res_hw[0] // 4, decoder.low_res_hw[1] // 4)
+        reject = [s.reject_window(upscaler, model.mask_threshold)
+                  for s in edge_strips_for_crop(crop_box, image.shape[:2], upscaler, token_hw)]
         points = self.point_grids[layer] * np.array([[cw, ch]])  # (N, 2) float64, crop pixels
-        cfg = self.config
         ppb = cfg.points_per_batch
-        parts: list[MaskData] = []
-        for p, idx in enumerate(grid_passes(len(points), cfg.coarse_to_fine_stride)):
-            pts = points[idx]
-            if p > 0 and parts:  # fast preset: skip points that a small mask already covers
-                found = MaskData.cat(parts)
-                areas = np.array([area_from_rle(r) for r in found.rles])
-                pts = pts[uncovered(pts, (x0, y0), found.rles, areas,
-                                    cfg.coarse_cover_area_frac * ch * cw)]
-            parts += [self._process_batch(emb, ctx, token_hw, upscaler, pts[i:i + ppb], crop_box,
-                                          image.shape[:2], strips)
-                      for i in range(0, len(pts), ppb)]
-        data = MaskData.cat(parts)
+        data = MaskData.cat([self._process_batch(decoder, upscaler, points[i:i + ppb], crop_box,
+                                                 image.shape[:2], reject)
+                             for i in range(0, len(points), ppb)])
         if len(data):
             # Reserve masks (AMGConfig.reserve_pred_iou_thresh) never suppress a main mask.
-            # (float64, so that main scores keep every float32 difference after the offset.)
-            scores = data.predicted_iou.double() + 2.0 * (~data.reserve).double() \
-                if bool(data.reserve.any()) else data.predicted_iou
-            keep = batched_nms(data.boxes_xyxy.to(scores.dtype), scores,
-                               torch.zeros_like(data.predicted_iou, dtype=torch.int64),
-                               self.config.box_nms_thresh)
+            with record_function("amg.box_nms"):
+                scores = nms_scores(data.predicted_iou, data.reserve, 2.0)
+                keep = batched_nms(data.boxes_xyxy.to(scores.dtype), scores,
+                                   torch.zeros_like(data.predicted_iou, dtype=torch.int64),
+                                   cfg.box_nms_thresh)
             data = data.filter(keep)
         offset = torch.tensor([x0, y0, x0, y0], device=data.boxes_xyxy.device)
         data.boxes_xyxy = data.boxes_xyxy + offset
@@ -224,97 +243,15 @@ class MaskGenerator:
                                                        device=data.points_xy.device)
         return data
 
-    def _decode_survivors(self, emb: ImageEmbedding, ctx: FactoredContext, token_hw: tuple[int, int],
-                          points_xy: torch.Tensor, upscaler: RegionUpscaler | None = None,
-                          strips: list[EdgeStrip] | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decode a batch of single-point prompts; keep multimask outputs passing the IoU filter.
-
-        With ``strips`` (a crop inside the image), a mask with a pixel in a crop-edge strip is
-        dropped from the logits of the strip's few token rows or columns alone: the reference
-        drops it later anyway (box near a crop edge), whatever its stability score. Prompts
-        left without a mask skip the whole-map logits.
+    def _process_batch(self, decoder: PointDecoder, upscaler: RegionUpscaler, points: np.ndarray,
+                       crop_box: list[int], orig_hw: tuple[int, int],
+                       reject: list[RejectWindow]) -> MaskData:
+        """One batch of ``points_per_batch`` prompts -> its kept masks (RLE in the full image).
 
         Args:
-            emb: the crop's image embedding. ctx: its :meth:`FactoredGridDecoder.prepare` context.
-            token_hw: image tokens to upscale (those under the image, not the padding).
-            points_xy: (B, 2) float64, xy in crop pixels.
-            upscaler: the crop's :class:`RegionUpscaler` (needed with ``strips``).
-            strips: from :func:`edge_strips_for_crop`, or None.
-
-        Returns:
-            low-res logits (K, 4*th, 4*tw) float32 (the top-left part of the reference's
-            256x256 map that reaches the image), predicted IoU (K,) float32, and the prompt
-            index of each kept mask (K,) int64, in prompt-major then token order (reference).
-        """
-        model, cfg = self.model, self.config
-        gd = self.grid_decoder
-        n = points_xy.shape[0]
-        labels = torch.ones(n, 1, dtype=torch.int64, device=model.device)
-        pts = model.to_input_frame(points_xy[:, None, :], emb)
-        sparse = model.prompt_encoder(pts, labels, None, None, emb.grid_hw)[0]
-        lows, ious, idxs = [], [], []
-        step = cfg.decoder_chunk_size or (4 if self.compute_dtype == torch.float32 else 8)
-        for s in range(0, n, step):
-            tokens, img_tokens = gd.run_transformer(ctx, sparse[s:s + step], FINAL_TOKENS)
-            iou = gd.predict_iou(tokens)[:, MULTIMASK_TOKENS]  # (b, 3)
-            iou_thresh = self._filter_thresholds()[0]
-            keep = iou > iou_thresh if iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
-            rows = keep.any(1).nonzero().flatten()
-            if len(rows) == 0:
-                continue
-            k = keep[rows]
-            tok, img = tokens[rows], img_tokens[rows]
-            inputs = gd.mask_inputs(tok, img, MULTIMASK_TOKENS)  # shared by strips and maps
-            if strips:
-                k = k & ~self._near_crop_edge(tok, img, inputs, ctx, upscaler, strips, k)
-                live = k.any(1).nonzero().flatten()
-                if len(live) == 0:
-                    continue
-                if len(live) < len(rows):
-                    rows, k, tok, img = rows[live], k[live], tok[live], img[live]
-                    inputs = tuple(x[live] for x in inputs)
-            low = gd.predict_mask_logits(tok, img, ctx.grid_hw, MULTIMASK_TOKENS, token_hw, ctx,
-                                         weights=inputs[0], rows_w1=inputs[1])  # (r, 3, 4th, 4tw)
-            lows.append(low[k])
-            ious.append(iou[rows][k])
-            idxs.append((rows[:, None] + s).expand(-1, 3)[k])
-        if not lows:
-            empty = torch.zeros(0, device=model.device)
-            return empty.reshape(0, 4 * token_hw[0], 4 * token_hw[1]), empty, empty.long()
-        return torch.cat(lows), torch.cat(ious), torch.cat(idxs)
-
-    def _near_crop_edge(self, tokens: torch.Tensor, image_tokens, inputs: tuple,
-                        ctx: FactoredContext, upscaler: RegionUpscaler, strips: list[EdgeStrip],
-                        wanted: torch.Tensor) -> torch.Tensor:
-        """(B, 3) bool: the multimask output has a pixel above the mask threshold in a
-        crop-edge strip (so the reference drops it); from the strips' token windows only.
-
-        ``inputs`` is ``FactoredGridDecoder.mask_inputs`` of the B prompts. ``wanted`` (B, 3)
-        bool marks the masks that matter (the IoU survivors): a prompt whose wanted masks are
-        all near an edge already is not decoded for the next strips (its other entries may
-        then stay False)."""
-        near = torch.zeros_like(wanted)
-        todo = torch.arange(len(wanted), device=wanted.device)
-        for s in strips:
-            every = len(todo) == len(wanted)  # no copies then
-            tok, img = (tokens, image_tokens) if every else (tokens[todo], image_tokens[todo])
-            weights, rows_w1 = inputs if every else (inputs[0][todo], inputs[1][todo])
-            low = self.grid_decoder.predict_mask_logits(
-                tok, img, ctx.grid_hw, MULTIMASK_TOKENS, ctx=ctx, token_box=s.token_box,
-                weights=weights, rows_w1=rows_w1)  # (b, 3, h, w)
-            near[todo] |= upscaler.strip_any_above(
-                low.flatten(0, 1), s.first, s.axis, s.start, s.stop,
-                self.model.mask_threshold).view(len(todo), -1)
-            todo = (wanted & ~near).any(1).nonzero().flatten()
-            if len(todo) == 0:
-                break
-        return near
-
-    def _process_batch(self, emb: ImageEmbedding, ctx: FactoredContext, token_hw: tuple[int, int],
-                       upscaler: RegionUpscaler, points: np.ndarray, crop_box: list[int],
-                       orig_hw: tuple[int, int], strips: list[EdgeStrip] | None = None) -> MaskData:
-        """One batch of ``points_per_batch`` prompts -> its kept masks (RLE in the full image).
+            decoder: the crop's point decoder. upscaler: the crop's :class:`RegionUpscaler`.
+            points: (B, 2) float64, xy in crop pixels. crop_box: ``[x0, y0, x1, y1]`` image
+                pixels. orig_hw: (H, W) of the image. reject: the crop-edge strips' windows.
 
         Each IoU survivor is upscaled only inside the region its logits can reach
         (:class:`RegionUpscaler`), so no full-size mask is ever built.
@@ -322,23 +259,26 @@ class MaskGenerator:
         model, cfg = self.model, self.config
         dev = model.device
         points_xy = torch.from_numpy(points).to(dev)
-        low, iou, idx = self._decode_survivors(emb, ctx, token_hw, points_xy, upscaler, strips)
+        with record_function("amg.mask_decoder"):
+            decoded = decoder.decode(points_xy, self._filter_thresholds()[0], reject)
+        low, iou, idx = decoded.low_res_logits, decoded.predicted_iou, decoded.prompt_index
         oh, ow = orig_hw
         cx0, cy0 = crop_box[0], crop_box[1]
         thr, off = model.mask_threshold, cfg.stability_score_offset
         s_thr = self._filter_thresholds()[1]
         rles, boxes, sel, stabs = [], [], [], []
-        for i in range(len(low)):
-            up = upscaler.upscale(low[i], thr, off)
-            if s_thr > 0 and not up.stability >= s_thr:  # nan fails, as in the reference
-                continue
-            box = region_box_xyxy(up.mask, up.y0, up.x0)  # crop frame, XYXY inclusive
-            if bool(is_box_near_crop_edge(box[None], crop_box, [0, 0, ow, oh])[0]):
-                continue
-            rles.append(region_to_rle(up.mask, up.y0 + cy0, up.x0 + cx0, oh, ow))
-            boxes.append(box)
-            sel.append(i)
-            stabs.append(up.stability)
+        with record_function("amg.upscale_and_rle"):
+            for i in range(len(low)):
+                up = upscaler.upscale(low[i], thr, off)
+                if s_thr > 0 and not up.stability >= s_thr:  # nan fails, as in the reference
+                    continue
+                box = region_box_xyxy(up.mask, up.y0, up.x0)  # crop frame, XYXY inclusive
+                if bool(is_box_near_crop_edge(box[None], crop_box, [0, 0, ow, oh])[0]):
+                    continue
+                rles.append(region_to_rle(up.mask, up.y0 + cy0, up.x0 + cx0, oh, ow))
+                boxes.append(box)
+                sel.append(i)
+                stabs.append(up.stability)
         if not rles:
             return MaskData().to(dev)
         sel_t = torch.tensor(sel, dtype=torch.int64, device=dev)
@@ -365,21 +305,6 @@ class MaskGenerator:
             return cfg.pred_iou_thresh, cfg.stability_score_thresh
         return (min(cfg.pred_iou_thresh, cfg.reserve_pred_iou_thresh),
                 min(cfg.stability_score_thresh, cfg.reserve_stability_score_thresh))
-
-
-def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``AMGConfig.compute_dtype`` -> the torch dtype used on ``device``: ``"float32"`` and
-    ``"bfloat16"`` as named; ``"auto"`` is bfloat16 where :func:`has_native_bfloat16`, else
-    float32 (bfloat16 emulated in software is slower than float32).
-
-    Raises:
-        ValueError: an unknown name.
-    """
-    if name == "auto":
-        return torch.bfloat16 if has_native_bfloat16(device) else torch.float32
-    if name not in ("float32", "bfloat16"):
-        raise ValueError(f"compute_dtype must be float32, bfloat16 or auto, got {name!r}")
-    return getattr(torch, name)
 
 
 def remove_small_regions_and_dedupe(data: MaskData, min_area: int, nms_thresh: float) -> MaskData:

@@ -1,9 +1,13 @@
-"""Reading images and finding them in folders.
+"""Reading images, and writing files that appear complete or not at all.
 
 Images are decoded with Pillow, EXIF orientation applied, and converted to (H, W, 3) uint8 RGB:
 grayscale is replicated, alpha dropped (composited on black), palette expanded, 16/32-bit
 integer and float images rescaled from their own min..max range to 0..255. Every failure is an
 :class:`ImageReadError` that names the file and the reason.
+
+Atomic writes (:func:`write_atomic`, :func:`open_atomic`) go to a hidden temp file beside the
+target, ``.<name><random>.part``, renamed onto the target when complete; a process killed in
+between leaves only such a temp file, which :func:`remove_temp_files` deletes.
 """
 
 from __future__ import annotations
@@ -19,8 +23,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class ImageReadError(OSError):
@@ -73,102 +75,35 @@ def load_image(path: str | Path) -> tuple[np.ndarray, str | None]:
     return np.ascontiguousarray(rgb), note
 
 
-def find_images(inputs: list[str | Path], recursive: bool = True) -> list[Path]:
-    """Expand files and folders into a sorted, de-duplicated list of image paths.
-
-    Files are taken as given, in the order given (whatever their extension, so a bad one is
-    reported rather than skipped silently); folders contribute their files with an image
-    extension, searched recursively, sorted by path, hidden files and folders excluded.
-
-    Raises:
-        FileNotFoundError: an input path does not exist.
-    """
-    found: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found.extend(sorted(
-                f for f in p.glob(pattern)
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise FileNotFoundError(f"input not found: {p}")
-    seen, unique = set(), []
-    for f in found:
-        key = f.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique
-
-
-def output_stems(paths: list[Path]) -> list[str]:
-    """A distinct output name per image, stable across runs for the same inputs.
-
-    The name is the file's stem. Where stems collide, each colliding file is named by the
-    shortest tail of its path that tells the group apart, parts joined by ``__``: first
-    ``folder__stem`` (``a/dog.jpg`` and ``b/dog.jpg`` give ``a__dog`` and ``b__dog``), then the
-    same tail with the extension (``dog.jpg`` and ``dog.png`` give ``dog.jpg`` and ``dog.png``),
-    then one more folder, and so on. A name still taken after that gets ``-2``, ``-3``... in
-    input order.
-
-    Args:
-        paths: the image files, in run order.
-
-    Returns:
-        One name per path (no extension added), all distinct.
-    """
-    stems = [p.stem for p in paths]
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(stems):
-        groups.setdefault(s, []).append(i)
-    names = list(stems)
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        parts = [[x for x in paths[i].parts if x not in ("/", "\\")] for i in members]
-        depth = max(len(p) for p in parts)
-        for k in range(1, depth + 1):
-            found = False
-            for with_ext in (False, True):
-                tails = []
-                for i, pp in zip(members, parts):
-                    last = pp[-1] if with_ext else stems[i]
-                    tails.append("__".join(pp[-k:-1] + [last]).replace(":", ""))
-                if len(set(tails)) == len(tails):
-                    found = True
-                    break
-            if found:
-                break
-        for i, t in zip(members, tails):
-            names[i] = t
-    out, used = [], set()
-    for name in names:
-        candidate, k = name, 1
-        while candidate in used:
-            k += 1
-            candidate = f"{name}-{k}"
-        used.add(candidate)
-        out.append(candidate)
-    return out
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file so that it either exists complete or not at all (temp file + rename)."""
+@contextlib.contextmanager
+def _temp_beside(path: Path) -> Iterator[int]:
+    """The file descriptor of a hidden temp file beside ``path`` (``.<name>...part``, the usual
+    permissions), renamed onto ``path`` when the block ends without an exception and removed
+    otherwise. The one home of the atomic-write protocol."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".part")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
+        yield fd
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file so that it either exists complete or not at all (temp file + rename).
+
+    Args:
+        path: the file to write (its folder is created).
+        data: the content (``str``: text mode, the locale's encoding).
+
+    Raises:
+        OSError, UnicodeEncodeError: nothing is left but an earlier file at ``path``.
+    """
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with _temp_beside(path) as fd, os.fdopen(fd, mode) as f:
+        f.write(data)
 
 
 @contextlib.contextmanager
@@ -182,13 +117,17 @@ def open_atomic(path: Path, mode: str = "w") -> Iterator[IO]:
         path: the file to write.
         mode: ``"w"`` (text, UTF-8) or ``"wb"``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".part")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    encoding = {} if "b" in mode else {"encoding": "utf-8"}
+    with _temp_beside(path) as fd, os.fdopen(fd, mode, **encoding) as f:
+        yield f
+
+
+def remove_temp_files(folder: Path) -> None:
+    """Delete the hidden ``.<name>...part`` files an atomic write leaves when killed.
+
+    Args:
+        folder: the folder to clean (not its sub-folders); nothing happens if it is missing.
+    """
+    if folder.is_dir():
+        for f in folder.glob(".*.part"):
+            f.unlink(missing_ok=True)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from .rle import _check_rle
+from .rle import check_rle
 
 __all__ = ["NESTED_FRACTION", "containment_matrix", "nesting_depth", "rank_masks"]
 
@@ -56,7 +56,7 @@ def containment_matrix(rles: Sequence[dict[str, Any]]) -> np.ndarray:
     coco = []
     size = None
     for rle in rles:
-        h, w, counts = _check_rle(rle)
+        h, w, counts = check_rle(rle)
         if size is not None and (h, w) != size:
             raise ValueError(f"masks of different sizes: {size} and {(h, w)}")
         size = (h, w)

@@ -4,6 +4,11 @@ Uncompressed RLE follows the COCO / reference convention: ``{"size": [h, w], "co
 where the mask is read in column-major (Fortran) order — down the first column, then the
 next — and ``counts`` alternates run lengths starting with a run of ZEROS (so it starts with
 ``0`` when the first pixel is 1). ``sum(counts) == h * w``.
+
+COCO (compressed) RLE is pycocotools' ``{"size": [h, w], "counts": bytes}``; records and JSON
+files carry its ``counts`` as ``str`` (:func:`str_counts`), pycocotools' functions take them as
+``bytes`` (:func:`bytes_counts`). :func:`to_coco_rle` turns any record segmentation (binary
+mask, uncompressed RLE, COCO RLE) into the ``str`` form.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-__all__ = ["masks_to_rle", "rle_to_mask", "area_from_rle", "coco_encode_rle", "mask_to_coco_rle"]
+__all__ = ["masks_to_rle", "check_rle", "rle_to_mask", "area_from_rle", "coco_encode_rle",
+           "mask_to_coco_rle", "str_counts", "bytes_counts", "to_coco_rle"]
 
 
 def masks_to_rle(masks: torch.Tensor) -> list[dict[str, Any]]:
@@ -69,7 +75,18 @@ def masks_to_rle(masks: torch.Tensor) -> list[dict[str, Any]]:
     return out
 
 
-def _check_rle(rle: dict[str, Any]) -> tuple[int, int, list[int]]:
+def check_rle(rle: dict[str, Any]) -> tuple[int, int, list[int]]:
+    """Validate an uncompressed RLE.
+
+    Args:
+        rle: ``{"size": [h, w], "counts": list[int]}`` (column-major, zeros first).
+
+    Returns:
+        ``(h, w, counts)`` as python ints.
+
+    Raises:
+        ValueError: malformed dict, negative counts, or counts not summing to ``h * w``.
+    """
     try:
         h, w = (int(v) for v in rle["size"])
         counts = [int(c) for c in rle["counts"]]
@@ -78,6 +95,9 @@ def _check_rle(rle: dict[str, Any]) -> tuple[int, int, list[int]]:
     if any(c < 0 for c in counts) or sum(counts) != h * w:
         raise ValueError(f"RLE counts must be >= 0 and sum to h*w = {h * w}, got sum {sum(counts)}")
     return h, w, counts
+
+
+# amg/ranking.py still imports the old private name; it goes once it imports check_rle.
 
 
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
@@ -93,7 +113,7 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     Raises:
         ValueError: malformed dict, negative counts, or counts not summing to ``h * w``.
     """
-    h, w, counts = _check_rle(rle)
+    h, w, counts = check_rle(rle)
     values = np.arange(len(counts)) % 2 == 1  # runs alternate 0, 1, 0, ...
     flat = np.repeat(values, counts)
     return np.ascontiguousarray(flat.reshape(w, h).T)
@@ -126,10 +146,8 @@ def coco_encode_rle(rle: dict[str, Any]) -> dict[str, Any]:
     Raises:
         ValueError: malformed RLE (see :func:`rle_to_mask`).
     """
-    h, w, counts = _check_rle(rle)
-    coco = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    coco["counts"] = coco["counts"].decode("utf-8")
-    return coco
+    h, w, counts = check_rle(rle)
+    return str_counts(mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w))
 
 
 def mask_to_coco_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -148,6 +166,67 @@ def mask_to_coco_rle(mask: np.ndarray) -> dict[str, Any]:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must have shape (H, W), got {mask.shape}")
-    coco = mask_utils.encode(np.asfortranarray((mask != 0).astype(np.uint8)))
-    coco["counts"] = coco["counts"].decode("utf-8")
-    return coco
+    return str_counts(mask_utils.encode(np.asfortranarray((mask != 0).astype(np.uint8))))
+
+
+def str_counts(rle: dict[str, Any]) -> dict[str, Any]:
+    """A COCO RLE with ``counts`` as ``str`` (JSON-ready; ``pycocotools.mask.decode`` takes it).
+
+    Args:
+        rle: ``{"size": [h, w], "counts": bytes or str}``.
+
+    Returns:
+        ``{"size": [h, w], "counts": str}`` (a new dict; ``size`` as python ints).
+    """
+    counts = rle["counts"]
+    return {"size": [int(v) for v in rle["size"]],
+            "counts": counts.decode("utf-8") if isinstance(counts, bytes) else counts}
+
+
+def bytes_counts(rle: dict[str, Any]) -> dict[str, Any]:
+    """A COCO RLE with ``counts`` as ``bytes``, as pycocotools' ``area``, ``toBbox``, ``iou`` and
+    ``merge`` take it.
+
+    Args:
+        rle: ``{"size": [h, w], "counts": str or bytes}``.
+
+    Returns:
+        ``{"size": [h, w], "counts": bytes}`` (a new dict).
+
+    Raises:
+        ValueError: ``counts`` is a list (an uncompressed RLE, see :func:`coco_encode_rle`).
+    """
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        raise ValueError("needs a COCO (compressed) RLE segmentation, got an uncompressed RLE")
+    return {"size": [int(v) for v in rle["size"]],
+            "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
+
+
+def to_coco_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+    """Any record ``segmentation`` as a COCO RLE with ``counts`` as ``str``.
+
+    Args:
+        segmentation: (H, W) bool/uint8 array (``binary_mask``), an uncompressed RLE
+            ``{"size": [H, W], "counts": [int, ...]}`` (column-major, zeros first) or a COCO
+            RLE (``counts`` str or bytes).
+        height, width: the image size in pixels the mask must have.
+
+    Returns:
+        ``{"size": [H, W], "counts": str}``.
+
+    Raises:
+        ValueError: unknown format, or a size other than (height, width).
+    """
+    if isinstance(segmentation, np.ndarray):
+        if segmentation.shape != (height, width):
+            raise ValueError(f"mask shape {segmentation.shape} != image size {(height, width)}")
+        rle = mask_utils.encode(np.asfortranarray(segmentation.astype(np.uint8)))
+    elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        if list(segmentation["size"]) != [height, width]:
+            raise ValueError(f"mask RLE size {segmentation['size']} != image size {[height, width]}")
+        counts = segmentation["counts"]
+        rle = mask_utils.frPyObjects(segmentation, height, width) if isinstance(counts, list) else segmentation
+    else:
+        raise ValueError(f"unknown segmentation format {type(segmentation).__name__}")
+    return {"size": [int(height), int(width)], "counts": str_counts(rle)["counts"]}

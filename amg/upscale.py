@@ -30,30 +30,6 @@ from .rle import masks_to_rle
 ACTIVE_MARGIN = 1e-4
 
 
-def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) float64 matrix of 1-D bilinear resampling with ``align_corners=False``,
-    reproducing PyTorch's CPU ``F.interpolate`` arithmetic for float32 tensors: the scale
-    ``n_in / n_out``, the source coordinate ``(i + 0.5) * scale - 0.5`` (clamped at 0) and the
-    weights are computed in float32; the upper neighbour is clamped at ``n_in - 1``."""
-    f32 = np.float32
-    scale = f32(f32(n_in) / f32(n_out))
-    src = (np.arange(n_out, dtype=f32) + f32(0.5)) * scale - f32(0.5)
-    src = np.maximum(src, f32(0.0)).astype(f32)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = np.clip(src - i0.astype(f32), f32(0.0), f32(1.0)).astype(f32)
-    m = np.zeros((n_out, n_in))
-    rows = np.arange(n_out)
-    np.add.at(m, (rows, i0), (f32(1.0) - lam).astype(np.float64))
-    np.add.at(m, (rows, i1), lam.astype(np.float64))
-    return m
-
-
-def composed_matrix(n_low: int, n_mid: int, n_crop: int, n_out: int) -> np.ndarray:
-    """(n_out, n_low) float64: upscale n_low -> n_mid, keep the first n_crop, resize to n_out."""
-    return bilinear_matrix(n_crop, n_out) @ bilinear_matrix(n_low, n_mid)[:n_crop]
-
-
 @dataclass
 class UpscaledMask:
     """One mask after region-restricted upscaling.
@@ -75,17 +51,18 @@ class RegionUpscaler:
 
     Args:
         low_hw: (h, w) of the low-resolution logits given (the decoded token region x 4).
-        model_input_size: side of the padded model input (1024).
-        full_low: side of the full low-resolution map (256).
-        input_hw: (h', w') of the resized crop inside the model input.
-        out_hw: (H, W) of the crop, pixels.
+        ay, ax: (H, n_low) and (W, n_low) float64 resampling matrices of the model's mask
+            post-processing (``model.low_res_to_image(embedding)``): the crop-size logits are
+            ``ay @ low_res @ ax.T``; each row a convex combination of low-res values.
         device: where the matrices live.
+
+    Raises:
+        ValueError: an output pixel reads low-res pixels outside ``low_hw``.
     """
 
-    def __init__(self, low_hw: tuple[int, int], full_low: int, model_input_size: int,
-                 input_hw: tuple[int, int], out_hw: tuple[int, int], device: torch.device) -> None:
-        ay = composed_matrix(full_low, model_input_size, input_hw[0], out_hw[0])
-        ax = composed_matrix(full_low, model_input_size, input_hw[1], out_hw[1])
+    def __init__(self, low_hw: tuple[int, int], ay: np.ndarray, ax: np.ndarray,
+                 device: torch.device) -> None:
+        out_hw = (ay.shape[0], ax.shape[0])
         if ay[:, low_hw[0]:].any() or ax[:, low_hw[1]:].any():
             raise ValueError(f"low-res region {low_hw} does not cover the taps of a {out_hw} output")
         ay, ax = ay[:, : low_hw[0]], ax[:, : low_hw[1]]
@@ -101,11 +78,9 @@ class RegionUpscaler:
         self.ay_bands = BandedRows(self.ay, self.r_lo, self.r_hi)
 
     @staticmethod
-    def needed_low_res(full_low: int, model_input_size: int, input_hw: tuple[int, int],
-                       out_hw: tuple[int, int]) -> tuple[int, int]:
-        """(rows, cols) of the low-res map that any output pixel reads (the rest is padding)."""
-        ay = composed_matrix(full_low, model_input_size, input_hw[0], out_hw[0])
-        ax = composed_matrix(full_low, model_input_size, input_hw[1], out_hw[1])
+    def needed_low_res(ay: np.ndarray, ax: np.ndarray) -> tuple[int, int]:
+        """(rows, cols) of the low-res map that any output pixel reads (the rest is padding),
+        for the resampling matrices ``ay`` (H, n_low) and ``ax`` (W, n_low)."""
         return int(np.nonzero(ay.any(0))[0].max()) + 1, int(np.nonzero(ax.any(0))[0].max()) + 1
 
     def upscale(self, low: torch.Tensor, threshold: float, offset: float) -> UpscaledMask:

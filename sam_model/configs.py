@@ -180,3 +180,103 @@ SAM_HQ_CONFIGS: dict[str, SamHQConfig] = {
     "sam_hq_vit_h": SamHQConfig("sam_hq_vit_h", MODEL_CONFIGS["vit_h"].encoder, 1280),
     "sam_hq_vit_tiny": SamHQConfig("sam_hq_vit_tiny", MODEL_CONFIGS["mobile_sam"].encoder, 160),
 }
+
+
+# ---------------------------------------------------------------------------- EfficientSAM
+# Xiong et al., "EfficientSAM: Leveraged Masked Image Pretraining for Efficient Segment
+# Anything" (CVPR 2024), §3.2 and §4.1; numbers from the official ``build_efficient_sam``.
+
+
+@dataclass(frozen=True)
+class PlainViTConfig:
+    """EfficientSAM's plain ViT image encoder (SAMI-pretrained ViT-Tiny / ViT-Small): every
+    block attends globally, no relative position terms; a neck like SAM's.
+
+    Attributes:
+        embed_dim: token width of the transformer blocks (192 ViT-T, 384 ViT-S).
+        num_heads: attention heads per block (3 ViT-T, 6 ViT-S).
+        depth: number of transformer blocks (12).
+        patch_size: pixels per patch side (16): a 1024 input gives a 64x64 token grid.
+        img_size: the square model input side in pixels (1024).
+        pretrain_img_size: input side the learned absolute position embedding was trained at
+            (224, a 14x14 grid plus a class-token entry); it is resized bicubically to the
+            token grid at every forward pass.
+        mlp_ratio: hidden width of the block MLP as a multiple of ``embed_dim``.
+        out_chans: channels of the image embedding after the neck (256).
+    """
+
+    embed_dim: int
+    num_heads: int
+    depth: int = 12
+    patch_size: int = 16
+    img_size: int = 1024
+    pretrain_img_size: int = 224
+    mlp_ratio: float = 4.0
+    out_chans: int = 256
+
+
+@dataclass(frozen=True)
+class EfficientSamDecoderConfig:
+    """EfficientSAM's prompt encoder and mask decoder (the same for ViT-T and ViT-S).
+
+    Attributes:
+        embed_dim: prompt/image embedding width (256).
+        image_embedding_size: side of the image embedding grid for an ``input_image_size``
+            input (64).
+        input_image_size: the square model input side in pixels (1024) that point
+            coordinates are rescaled to.
+        max_num_input_points: points per prompt the decoder always sees (6): fewer are padded
+            with invalid points (label -1).
+        num_multimask_outputs: masks predicted for an ambiguous prompt (3), plus one single mask.
+        transformer_depth: two-way transformer blocks (2).
+        transformer_mlp_dim: MLP width inside the two-way blocks (2048).
+        transformer_num_heads: attention heads (8).
+        attention_downsample_rate: internal width divisor of the token<->image attentions (2).
+        iou_head_depth: linear layers of the predicted-IoU head (3: two hidden + output).
+        iou_head_hidden_dim: hidden width of the predicted-IoU head (256).
+        hypernetwork_depth: linear layers of each mask token's hypernetwork MLP (3).
+        upscaling_layer_dims: output channels of the transposed-convolution upscaling stages
+            (64, 32): 4x upscaling, so a 64x64 embedding gives 256x256 low-res masks.
+    """
+
+    embed_dim: int = 256
+    image_embedding_size: int = 64
+    input_image_size: int = 1024
+    max_num_input_points: int = 6
+    num_multimask_outputs: int = 3
+    transformer_depth: int = 2
+    transformer_mlp_dim: int = 2048
+    transformer_num_heads: int = 8
+    attention_downsample_rate: int = 2
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    hypernetwork_depth: int = 3
+    upscaling_layer_dims: tuple[int, ...] = (64, 32)
+
+
+@dataclass(frozen=True)
+class EfficientSamConfig:
+    """A whole EfficientSAM model.
+
+    Attributes:
+        name: registry name (``efficient_sam_vitt``, ``efficient_sam_vits``).
+        encoder: :class:`PlainViTConfig`.
+        decoder: :class:`EfficientSamDecoderConfig`.
+        pixel_mean: per-channel RGB mean in 0..1 units (the image is divided by 255 first, as
+            torchvision's ``ToTensor`` in the official examples).
+        pixel_std: per-channel RGB standard deviation in 0..1 units.
+        mask_threshold: logit above which a pixel is in the mask (0.0).
+    """
+
+    name: str
+    encoder: PlainViTConfig
+    decoder: EfficientSamDecoderConfig = field(default_factory=EfficientSamDecoderConfig)
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mask_threshold: float = 0.0
+
+
+EFFICIENT_SAM_CONFIGS: dict[str, EfficientSamConfig] = {
+    "efficient_sam_vitt": EfficientSamConfig("efficient_sam_vitt", PlainViTConfig(192, 3)),
+    "efficient_sam_vits": EfficientSamConfig("efficient_sam_vits", PlainViTConfig(384, 6)),
+}

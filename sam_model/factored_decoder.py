@@ -30,27 +30,41 @@ or needs their LayerNorm statistics, and both are cheap in form (*):
   16-d values. The normalised tokens are again of form (*): ``a <- a D``, ``Q <- D Q``,
   ``M <- Mc * gamma`` plus one row ``beta`` with coefficient 1.
 
-Per prompt (MobileSAM, 7 tokens) this is about 0.15 GMAC instead of 0.37 GMAC of the
-streamed rewrite in :mod:`sam_model.grid_decoder`, and the per-prompt arrays are (HW x r),
-r <= 104, instead of (HW x 256). The LayerNorm variance is a sum of non-negative and cross
+The first block needs no form (*): its image tokens are the shared embedding, so the
+tokens->image keys/values and the image->tokens queries are projected once per image, and the
+image->tokens attention's value and output projections fold into one (heads * Nt, C) matrix
+per prompt (``sum_t p_t W_o v_t``). Per prompt (MobileSAM, 7 tokens) this is about 0.15 GMAC,
+and the per-prompt arrays are (HW x r), r <= 104, instead of (HW x 256). The LayerNorm variance is a sum of non-negative and cross
 terms evaluated in float32; the tests hold it to the plain decoder within 1e-4 on real
 weights and photos.
 
 Reference semantics: ``MaskDecoder.forward`` with ``multimask_output`` over single-point
-prompts and the "no mask" dense embedding, as :class:`~sam_model.grid_decoder.GridDecoder`.
+prompts and the "no mask" dense embedding.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch.nn import functional as F
+from torch.profiler import record_function
 
-from .grid_decoder import GridDecoder, ImageContext, _heads
 from .mask_decoder import MaskDecoder
+from .point_decoder import DecodedMasks, RejectWindow
 from .two_way_transformer import DecoderAttention
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., heads * d) -> (..., heads, d)."""
+    return x.unflatten(-1, (heads, x.shape[-1] // heads))
+
+
+# Buffer sizes kept per workspace name (see FactoredGridDecoder._workspace): the whole map of
+# the full-image crop, that of the crop-layer crops, and two crop-edge strip shapes.
+WORKSPACE_SIZES = 4
 
 
 @dataclass
@@ -89,10 +103,16 @@ class _AttentionShared:
 
 
 @dataclass
-class FactoredContext(ImageContext):
-    """:class:`~sam_model.grid_decoder.ImageContext` plus the per-image terms of form (*).
+class FactoredContext:
+    """Per-image tensors shared by every prompt batch (from :meth:`FactoredGridDecoder.prepare`).
 
     Attributes:
+        keys0: (HW, C) image embedding plus dense prompt, channels-last.
+        pe: (HW, C) positional encoding of the grid.
+        k0: (heads, HW, d) first block tokens->image keys, per head.
+        v0: (heads, HW, d) first block tokens->image values, per head.
+        q0: (heads, HW, d) first block image->tokens queries, per head.
+        grid_hw: (h, w) of the embedding grid.
         norms: one :class:`_NormShared` per two-way block.
         attns: ``attns[j]``: projections for the attention over the tokens after block j
             (block j+1's two attentions, or the final tokens->image attention).
@@ -101,6 +121,12 @@ class FactoredContext(ImageContext):
             per-token matrix (no bias).
     """
 
+    keys0: torch.Tensor
+    pe: torch.Tensor
+    k0: torch.Tensor
+    v0: torch.Tensor
+    q0: torch.Tensor
+    grid_hw: tuple[int, int]
     norms: list = None
     attns: list = None
     base: torch.Tensor = None
@@ -181,11 +207,11 @@ def _quadratic_form(gram: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
 BATCHED_WINDOW_TOKENS = 512
 
 
-class FactoredGridDecoder(GridDecoder):
+class FactoredGridDecoder:
     """Exact decoding of prompt batches on one image with image tokens in form (*) (see the
-    module docstring). Same interface as :class:`~sam_model.grid_decoder.GridDecoder`, except
-    that :meth:`run_transformer` returns the image tokens as :class:`FactoredImageTokens`,
-    which :meth:`predict_mask_logits` takes.
+    module docstring): :meth:`prepare` once per image, then per prompt batch
+    :meth:`run_transformer` (image tokens as :class:`FactoredImageTokens`),
+    :meth:`predict_iou`, :meth:`mask_inputs` and :meth:`predict_mask_logits`.
 
     Args:
         decoder: the model's :class:`MaskDecoder` (weights are read, not copied, in float32).
@@ -211,13 +237,31 @@ class FactoredGridDecoder(GridDecoder):
         self.dtype = dtype
         # The per-image terms are always made in float32 (by this float32 twin) and rounded.
         self._float32 = None if dtype == torch.float32 else FactoredGridDecoder(decoder)
-        super().__init__(decoder if dtype == torch.float32 else copy.deepcopy(decoder).to(dtype))
+        decoder = decoder if dtype == torch.float32 else copy.deepcopy(decoder).to(dtype)
+        t = decoder.transformer
+        if len(t.layers) < 1:
+            raise ValueError("FactoredGridDecoder needs a two-way transformer with at least one block")
+        self.dec = decoder
+        self._orders: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._work: dict[tuple, torch.Tensor] = {}  # see _workspace
+        self.heads = t.final_attn_token_to_image.num_heads
+        up = decoder.output_upscaling
+        ct1, ln, ct2 = up[0], up[1], up[3]
+        c1, c2 = ct1.out_channels, ct2.out_channels
+        # (in, out, i, j) -> (in, [i, j, out]): output sub-pixel (i, j) outer, channel inner.
+        self.w1 = ct1.weight.permute(0, 2, 3, 1).reshape(ct1.in_channels, 4 * c1).contiguous()
+        self.b1 = ct1.bias.repeat(4)
+        self.w2 = ct2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2).contiguous()
+        self.b2 = ct2.bias.repeat(4)
+        self.ln_w, self.ln_b, self.ln_eps = ln.weight, ln.bias, ln.eps
+        self.c1, self.c2 = c1, c2
 
     # ------------------------------------------------------------------ per image
     def prepare(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
                 dense: torch.Tensor) -> FactoredContext:
-        """Shared image-side work: the first block's projections (as ``GridDecoder.prepare``)
-        and, for every LayerNorm and later attention, the base terms of form (*).
+        """Shared image-side work: the first block's projections (tokens->image
+        keys/values, image->tokens queries) and, for every LayerNorm and later attention,
+        the base terms of form (*).
 
         Args:
             image_embedding: (1, C, h, w) float32. image_pe: (1, C, h, w). dense: (1, C, h, w)
@@ -229,7 +273,15 @@ class FactoredGridDecoder(GridDecoder):
         """
         if self._float32 is not None:
             return self._cast_context(self._float32.prepare(image_embedding, image_pe, dense))
-        ctx = super().prepare(image_embedding, image_pe, dense)
+        keys0 = (image_embedding + dense)[0].flatten(1).T.contiguous()  # (HW, C)
+        pe = image_pe[0].flatten(1).T.contiguous()
+        x0 = keys0 + pe
+        block = self.dec.transformer.layers[0]
+        h = self.heads
+        k0 = _heads(block.cross_attn_token_to_image.k_proj(x0), h).transpose(0, 1).contiguous()
+        v0 = _heads(block.cross_attn_token_to_image.v_proj(keys0), h).transpose(0, 1).contiguous()
+        q0 = _heads(block.cross_attn_image_to_token.q_proj(x0), h).transpose(0, 1).contiguous()
+        ctx = FactoredContext(keys0, pe, k0, v0, q0, tuple(image_embedding.shape[-2:]))
         t = self.dec.transformer
         h = self.heads
         pe = ctx.pe
@@ -534,7 +586,8 @@ class FactoredGridDecoder(GridDecoder):
 
         The first transposed convolution is linear per token, so on form (*) it is
         ``a * (B W1) + Q (M W1) + b1`` with ``B W1`` from :meth:`prepare`
-        (``ctx.conv1_base``); the rest as ``GridDecoder.predict_mask_logits``.
+        (``ctx.conv1_base``); then LayerNorm2d, GELU, the second transposed
+        convolution, GELU and the hypernetwork dot products (:meth:`_logits_from_conv1`).
 
         Args:
             tokens: (B, Nt, C). image_tokens: :class:`FactoredImageTokens` of B prompts.
@@ -585,6 +638,88 @@ class FactoredGridDecoder(GridDecoder):
             self._logits_from_conv1(f, weights[i], th, tw, out[i])
         return out.float()
 
+    def _tokens_to_shared_image(self, attn: DecoderAttention, q_in: torch.Tensor,
+                                ctx: FactoredContext) -> torch.Tensor:
+        """Tokens (B, Nt, C) attend to the shared first-block image keys/values -> (B, Nt, C)."""
+        b, nt, _ = q_in.shape
+        q = _heads(attn.q_proj(q_in), self.heads)  # (B, Nt, H, d)
+        q = q.permute(2, 0, 1, 3).reshape(self.heads, b * nt, -1)  # (H, B*Nt, d)
+        out = F.scaled_dot_product_attention(q, ctx.k0, ctx.v0)  # (H, B*Nt, d)
+        out = out.reshape(self.heads, b, nt, -1).permute(1, 2, 0, 3).reshape(b, nt, -1)
+        return attn.out_proj(out)
+
+    @staticmethod
+    def _fold_values(attn: DecoderAttention, v: torch.Tensor) -> torch.Tensor:
+        """``W_o v_t`` per head and token plus ``b_o / H`` (the attention weights of each head
+        sum to 1 over the tokens, so the H heads add the output bias exactly once):
+        (B, Nt, H, d) -> (B, H*Nt, C)."""
+        b, nt, h, d = v.shape
+        m = torch.einsum("bthd,chd->bhtc", v, attn.out_proj.weight.unflatten(1, (h, d)))
+        return (m + attn.out_proj.bias / h).reshape(b, h * nt, -1)
+
+    def _logits_from_conv1(self, f: torch.Tensor, weights: torch.Tensor, th: int, tw: int,
+                           out: torch.Tensor) -> torch.Tensor:
+        """Rest of the output upscaling for one prompt, from the first transposed convolution's
+        output ``f`` (th*tw, 4*c1) (token-major, sub-pixel (i, j), channel): LayerNorm2d, GELU,
+        second transposed convolution, GELU, then the dot product of every upscaled pixel's
+        c2 features with the hypernetwork ``weights`` (M, c2); written into ``out``
+        (M, 4*th, 4*tw) in row-major pixel order.
+
+        The last product is (th*tw*16, c2) x (c2, M) on the second convolution's output viewed
+        one pixel per row; a block-diagonal (th*tw*4, 4*c2) x (4*c2, 4*M) form of it does 4x
+        the arithmetic and ran slower in float32 (0.58 vs 0.34 ms per prompt on a 64x64 grid,
+        2-core CPU; bfloat16 0.14 vs 0.16 ms)."""
+        m = weights.shape[0]
+        n = 4 * f.shape[0]
+        g = F.layer_norm(f.view(-1, self.c1), (self.c1,), self.ln_w, self.ln_b, self.ln_eps)
+        torch.ops.aten.gelu_(g)  # in place: the same values as F.gelu, no new buffer
+        f2 = torch.addmm(self.b2, g, self.w2, out=self._workspace("f2", n, 4 * self.c2, g))
+        torch.ops.aten.gelu_(f2)  # (th*tw*4, 4*c2)
+        # (th*tw*16, M) = (th*tw*4, 4*M): pixel in products' order, then mask
+        res = torch.mm(f2.view(-1, self.c2), weights.T,
+                       out=self._workspace("res", 4 * n, m, g))
+        torch.index_select(res.view(-1), 0, self._logit_order(th, tw, m, f.device),
+                           out=out.view(-1))
+        return out
+
+    def _workspace(self, name: str, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        """A (rows, cols) buffer of ``like``'s dtype and device, kept between calls and
+        reused while the size is the same. Writing the upscaling's large intermediates (8 MB
+        per prompt on a 64 x 64 grid) into memory that is already mapped and warm instead of
+        fresh allocations made the mask logits ~15% faster on a 2-core CPU (5.2 -> 4.35 ms per
+        prompt, float32, square crop). The last ``WORKSPACE_SIZES`` sizes per name are kept
+        (whole maps and the generator's crop-edge strips of two shapes alternate). Not
+        thread-safe: use one decoder per thread."""
+        key = (name, rows, cols, like.dtype, like.device)
+        buf = self._work.pop(key, None)
+        if buf is None:
+            buf = like.new_empty(rows, cols)
+            stale = [k for k in self._work if k[0] == name]
+            for k in stale[:len(stale) - (WORKSPACE_SIZES - 1)]:  # least recently used first
+                del self._work[k]
+        self._work[key] = buf  # most recently used last
+        return buf
+
+    def _logit_order(self, th: int, tw: int, m: int, device: torch.device) -> torch.Tensor:
+        """(M*16*th*tw,) int64: position in the flattened (th*tw*4, 4*M) product of
+        :meth:`_logits_from_conv1` of each (mask, row-major low-res pixel). Cached per size."""
+        key = (th, tw, m, str(device))
+        if key not in self._orders:
+            order = self._pixel_order(th, tw, device)
+            self._orders[key] = (order[None] * m + torch.arange(m, device=device)[:, None]).reshape(-1)
+        return self._orders[key]
+
+    def _pixel_order(self, th: int, tw: int, device: torch.device) -> torch.Tensor:
+        """(16*th*tw,) int64: for each low-res pixel in row-major order, its position in the
+        upscaling products' order (token y, token x, sub-pixel i, j of the first transposed
+        convolution, k, l of the second); pixel (4y + 2i + k, 4x + 2j + l). Cached per size
+        (a gather with it is faster than a 7-d permute copy)."""
+        key = (th, tw, str(device))
+        if key not in self._orders:
+            idx = torch.arange(16 * th * tw, device=device).view(th, tw, 2, 2, 2, 2)
+            self._orders[key] = idx.permute(0, 2, 4, 1, 3, 5).reshape(-1)
+        return self._orders[key]
+
     def mask_inputs(self, tokens: torch.Tensor, image_tokens: FactoredImageTokens,
                     mask_index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-prompt inputs of :meth:`predict_mask_logits` that do not depend on the
@@ -632,3 +767,98 @@ class FactoredGridDecoder(GridDecoder):
     def predict_iou(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, Nt, C) tokens -> predicted IoU (B, 4) float32 for all mask tokens."""
         return self.dec.predict_iou(tokens).float()
+
+
+# Output tokens of the multimask outputs, and those read after the transformer: the IoU token
+# (0) and the multimask tokens (SAM paper §3: token 0 is the single-mask output).
+MULTIMASK_TOKENS = [1, 2, 3]
+FINAL_TOKENS = [0] + [1 + i for i in MULTIMASK_TOKENS]
+
+
+class FactoredPointDecoder:
+    """SAM v1 / MobileSAM fast point decoder (the :mod:`sam_model.point_decoder` seam) over
+    :class:`FactoredGridDecoder`: multimask output (tokens 1-3), the predicted-IoU filter before
+    any upscaling, and the reject windows decoded from their few tokens alone.
+
+    Args:
+        decoder: the :class:`FactoredGridDecoder` (its ``dtype`` is the arithmetic).
+        ctx: its :meth:`FactoredGridDecoder.prepare` context of the image.
+        sparse_fn: ``points_xy (B, 2) float64 image pixels -> (B, Np, C)`` sparse prompt
+            embeddings of single foreground points (the prompt encoder).
+        token_hw: (th, tw) image tokens decoded (those under the image, not the padding); the
+            logits returned are the low-res pixels ``(4*th, 4*tw)``.
+        chunk_size: prompts per decoder pass (a cache knob: the results do not depend on it).
+    """
+
+    def __init__(self, decoder: FactoredGridDecoder, ctx: FactoredContext,
+                 sparse_fn: Callable[[torch.Tensor], torch.Tensor], token_hw: tuple[int, int],
+                 chunk_size: int) -> None:
+        self.decoder, self.ctx, self.sparse_fn = decoder, ctx, sparse_fn
+        self.token_hw = token_hw
+        self.low_res_hw = (4 * token_hw[0], 4 * token_hw[1])
+        self.chunk_size = chunk_size
+
+    def decode(self, points_xy: torch.Tensor, iou_thresh: float,
+               reject: Sequence[RejectWindow] = ()) -> DecodedMasks:
+        """See :meth:`sam_model.point_decoder.PointDecoder.decode`.
+
+        A prompt whose outputs are all dropped by a reject window skips the whole-map logits.
+        Returns low-res logits
+        (K, 4*th, 4*tw) float32 (the top-left part of the reference's 256 x 256 map).
+        """
+        gd, ctx = self.decoder, self.ctx
+        sparse = self.sparse_fn(points_xy)
+        n = points_xy.shape[0]
+        lows, ious, idxs = [], [], []
+        step = self.chunk_size
+        for s in range(0, n, step):
+            with record_function("decoder.transformer"):
+                tokens, img_tokens = gd.run_transformer(ctx, sparse[s:s + step], FINAL_TOKENS)
+                iou = gd.predict_iou(tokens)[:, MULTIMASK_TOKENS]  # (b, 3)
+            keep = iou > iou_thresh if iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+            rows = keep.any(1).nonzero().flatten()
+            if len(rows) == 0:
+                continue
+            k = keep[rows]
+            tok, img = tokens[rows], img_tokens[rows]
+            with record_function("decoder.mask_logits"):
+                inputs = gd.mask_inputs(tok, img, MULTIMASK_TOKENS)  # shared by windows and maps
+                if reject:
+                    k = k & ~self._rejected(tok, img, inputs, reject, k)
+                live = k.any(1).nonzero().flatten()
+                if len(live) == 0:
+                    continue
+                if len(live) < len(rows):
+                    rows, k, tok, img = rows[live], k[live], tok[live], img[live]
+                    inputs = tuple(x[live] for x in inputs)
+            with record_function("decoder.mask_logits"):
+                low = gd.predict_mask_logits(tok, img, ctx.grid_hw, MULTIMASK_TOKENS, self.token_hw,
+                                             ctx, weights=inputs[0], rows_w1=inputs[1])  # (r, 3, 4th, 4tw)
+            lows.append(low[k])
+            ious.append(iou[rows][k])
+            idxs.append((rows[:, None] + s).expand(-1, 3)[k])
+        if not lows:
+            return DecodedMasks.empty(self.low_res_hw, points_xy.device)
+        return DecodedMasks(torch.cat(lows), torch.cat(ious), torch.cat(idxs))
+
+    def _rejected(self, tokens: torch.Tensor, image_tokens: FactoredImageTokens, inputs: tuple,
+                  windows: Sequence[RejectWindow], wanted: torch.Tensor) -> torch.Tensor:
+        """(B, 3) bool: a reject window drops the multimask output, from the window's tokens
+        only. ``inputs`` is :meth:`FactoredGridDecoder.mask_inputs` of the B prompts;
+        ``wanted`` (B, 3) bool marks the outputs that matter (the IoU survivors): a prompt
+        whose wanted outputs are all dropped already is not decoded for the next windows (its
+        other entries may then stay False)."""
+        near = torch.zeros_like(wanted)
+        todo = torch.arange(len(wanted), device=wanted.device)
+        for win in windows:
+            every = len(todo) == len(wanted)  # no copies then
+            tok, img = (tokens, image_tokens) if every else (tokens[todo], image_tokens[todo])
+            weights, rows_w1 = inputs if every else (inputs[0][todo], inputs[1][todo])
+            low = self.decoder.predict_mask_logits(
+                tok, img, self.ctx.grid_hw, MULTIMASK_TOKENS, ctx=self.ctx,
+                token_box=win.token_box, weights=weights, rows_w1=rows_w1)  # (b, 3, h, w)
+            near[todo] |= win.reject(low.flatten(0, 1)).view(len(todo), -1)
+            todo = (wanted & ~near).any(1).nonzero().flatten()
+            if len(todo) == 0:
+                break
+        return near

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -29,24 +31,28 @@ class LayerNorm2d(nn.Module):
 
 
 class MLP(nn.Module):
-    """Plain ReLU MLP with ``num_layers`` linear layers (mask decoder hypernetworks, IoU head).
+    """Plain MLP with ``num_layers`` linear layers (mask decoder hypernetworks, IoU head; with
+    ``activation=F.gelu`` the Hiera block MLP).
 
     Keys ``layers.{i}.weight/bias`` follow the official state-dict layout.
-    Input ``(..., input_dim)`` -> output ``(..., output_dim)``; no activation after the last layer.
+    Input ``(..., input_dim)`` -> output ``(..., output_dim)``; ``activation`` (ReLU by default)
+    after every layer but the last.
     """
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
+                 activation: Callable[[torch.Tensor], torch.Tensor] = F.relu) -> None:
         super().__init__()
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (..., input_dim) float -> (..., output_dim) float."""
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = F.relu(x)
+                x = self.activation(x)
         return x
 
 
@@ -69,3 +75,27 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     if bias is not None:
         logits = logits + bias
     return logits.softmax(dim=-1) @ v
+
+
+class EfficientSamMLP(nn.Module):
+    """EfficientSAM's GELU MLP (its official ``MLPBlock``): ``num_hidden_layers`` linear layers
+    each followed by GELU, then an output linear layer without activation.
+
+    Keys ``layers.{i}.0.weight/bias`` (a Linear inside a Sequential with the activation) and
+    ``fc.weight/bias`` follow the official state-dict layout. Input ``(..., input_dim)`` ->
+    output ``(..., output_dim)``; hidden width ``hidden_dim``.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int,
+                 num_hidden_layers: int) -> None:
+        super().__init__()
+        dims_in = [input_dim] + [hidden_dim] * (num_hidden_layers - 1)
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(i, hidden_dim), nn.GELU())
+                                    for i in dims_in)
+        self.fc = nn.Linear(hidden_dim, output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (..., input_dim) float -> (..., output_dim) float."""
+        for layer in self.layers:
+            x = layer(x)
+        return self.fc(x)

@@ -155,3 +155,26 @@ class PromptEncoder(nn.Module):
         else:
             dense = self.no_mask_embed.weight.reshape(1, dim, 1, 1).expand(1, dim, *grid_hw)
         return sparse_t, dense
+
+
+# Box corners given as labelled points (SAM 2's predictor passes boxes this way).
+LABEL_BOX_TOP_LEFT = 2
+LABEL_BOX_BOTTOM_RIGHT = 3
+
+
+class Sam2PromptEncoder(PromptEncoder):
+    """SAM 2's prompt encoder (official ``sam2.modeling.sam.prompt_encoder``): SAM's layout and
+    math, and point labels 2 and 3 for box corners (``point_embeddings.2`` / ``.3`` added to the
+    point's position encoding). SAM 2's image predictor passes a box as these two labelled
+    points ahead of the click points, and always appends the padding point."""
+
+    def embed_points(self, points_xy: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
+        """Point tokens; as :meth:`PromptEncoder.embed_points`, labels also 2 (box top-left)
+        and 3 (box bottom-right). ``points_xy`` (B, N, 2) float32 xy in model-input pixels,
+        ``labels`` (B, N) int -> (B, N (+1), C) float32."""
+        emb = super().embed_points(points_xy, labels, pad)
+        if pad:
+            labels = torch.cat([labels, labels.new_full((labels.shape[0], 1), LABEL_PAD)], 1)
+        lab = labels[..., None]
+        emb = emb + torch.where(lab == LABEL_BOX_TOP_LEFT, self.point_embeddings[2].weight, 0.0)
+        return emb + torch.where(lab == LABEL_BOX_BOTTOM_RIGHT, self.point_embeddings[3].weight, 0.0)

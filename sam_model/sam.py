@@ -21,8 +21,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .family_model import FamilyModel
 from .configs import SamConfig, TinyViTConfig
+from .factored_decoder import FactoredGridDecoder, FactoredPointDecoder
 from .mask_decoder import MULTIMASK, SINGLE_MASK, MaskDecoder, upscale_mask_logits
+from .point_decoder import PlainPointDecoder, PointDecoder
+from .resampling import sam_postprocess_matrices
 from .prompt_encoder import PromptEncoder
 from .tiny_vit import TinyViTImageEncoder
 from .vit import ViTImageEncoder
@@ -49,6 +53,7 @@ class ImageEmbedding:
 
 
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16)
+COMPUTE_DTYPE_NAMES = ("float32", "bfloat16", "auto")
 
 
 def check_compute_dtype(dtype: torch.dtype) -> None:
@@ -56,6 +61,21 @@ def check_compute_dtype(dtype: torch.dtype) -> None:
     reference's arithmetic, or bfloat16, the fast approximation)."""
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute dtype must be torch.float32 or torch.bfloat16, got {dtype!r}")
+
+
+def resolve_compute_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """A compute-dtype name -> the torch dtype used on ``device``: ``"float32"`` and
+    ``"bfloat16"`` as named; ``"auto"`` is bfloat16 where :func:`has_native_bfloat16`, else
+    float32 (bfloat16 emulated in software is slower than float32).
+
+    Raises:
+        ValueError: a name not in :data:`COMPUTE_DTYPE_NAMES`.
+    """
+    if name not in COMPUTE_DTYPE_NAMES:
+        raise ValueError(f"compute_dtype must be float32, bfloat16 or auto, got {name!r}")
+    if name == "auto":
+        return torch.bfloat16 if has_native_bfloat16(device) else torch.float32
+    return getattr(torch, name)
 
 
 def has_native_bfloat16(device: str | torch.device) -> bool:
@@ -171,7 +191,7 @@ def input_size_view(model: nn.Module, size: int) -> nn.Module:
     return view
 
 
-class Sam(nn.Module):
+class Sam(FamilyModel):
     """Segment Anything: image encoder + prompt encoder + mask decoder (official key layout).
 
     Args:
@@ -189,11 +209,6 @@ class Sam(nn.Module):
         self.mask_decoder = MaskDecoder(cfg.decoder)
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(-1, 1, 1), False)
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the model's parameters."""
-        return self.pixel_mean.device
 
     @property
     def input_size(self) -> int:
@@ -223,17 +238,6 @@ class Sam(nn.Module):
             ValueError: ``size`` is not an integer multiple of 16 in [256, 4096].
         """
         return input_size_view(self, size)
-
-    @property
-    def mask_threshold(self) -> float:
-        """Logit threshold of the mask (0.0)."""
-        return self.cfg.mask_threshold
-
-    def set_fused_attention(self, fused: bool) -> None:
-        """Use fused SDPA attention (default) or the written-out softmax(QK^T)V everywhere."""
-        for m in self.modules():
-            if hasattr(m, "fused"):
-                m.fused = fused
 
     # ---------------------------------------------------------------- image side
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -331,10 +335,57 @@ class Sam(nn.Module):
         return self.mask_decoder(emb.embedding, self.dense_pe(emb), sparse, dense,
                                  multimask_output)
 
+    def low_res_to_image(self, emb: ImageEmbedding) -> tuple[np.ndarray, np.ndarray]:
+        """The mask post-processing (:meth:`upscale_masks`) as two resampling matrices:
+        ``ay`` (H, n_low) and ``ax`` (W, n_low) float64 with image-size logits
+        ``ay @ low_res @ ax.T`` (:func:`sam_model.resampling.sam_postprocess_matrices`)."""
+        return sam_postprocess_matrices(4 * emb.grid_hw[0], self.input_size, emb.input_hw,
+                                        emb.original_hw)
+
+    def point_decoder(self, emb: ImageEmbedding, compute_dtype: torch.dtype = torch.float32,
+                      low_res_hw: tuple[int, int] | None = None, *, chunk_size: int | None = None,
+                      plain: bool = False) -> PointDecoder:
+        """The decoder of single-point prompts on ``emb`` (the :mod:`sam_model.point_decoder`
+        seam): multimask output (tokens 1-3), as the reference generator decodes its grid.
+
+        Args:
+            emb: from :meth:`encode_image`.
+            compute_dtype: float32 (the reference's arithmetic) or bfloat16 (fast path only).
+            low_res_hw: the top-left part of the low-res map needed (default: all of it);
+                rounded up to whole image tokens (4 low-res pixels each).
+            chunk_size: prompts per decoder pass; default 4 in float32, 8 in bfloat16.
+            plain: the prompt encoder + :class:`MaskDecoder` forward per prompt
+                (:class:`PlainPointDecoder`, float32) instead of the exact fast rewrite
+                (:class:`~sam_model.factored_decoder.FactoredPointDecoder`).
+
+        Raises:
+            ValueError: ``compute_dtype`` is not float32 or bfloat16.
+        """
+        check_compute_dtype(compute_dtype)
+        gh, gw = emb.grid_hw
+        nh, nw = low_res_hw or (4 * gh, 4 * gw)
+        token_hw = (min(-(-nh // 4), gh), min(-(-nw // 4), gw))
+        if plain:
+            def decode_fn(points_xy: torch.Tensor, labels: torch.Tensor):
+                return self.decode(emb, points_xy, labels, multimask_output=True)
+            return PlainPointDecoder(decode_fn, (4 * token_hw[0], 4 * token_hw[1]), self.device)
+        chunk = chunk_size or (4 if compute_dtype == torch.float32 else 8)
+        with torch.no_grad():
+            fast = FactoredGridDecoder(self.mask_decoder, dtype=compute_dtype)
+            no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)  # (1, C, 1, 1)
+            ctx = fast.prepare(emb.embedding, self.dense_pe(emb), no_mask.expand_as(emb.embedding))
+
+        def sparse_fn(points_xy: torch.Tensor) -> torch.Tensor:
+            labels = torch.ones(len(points_xy), 1, dtype=torch.int64, device=self.device)
+            pts = self.to_input_frame(points_xy[:, None, :].to(self.device), emb)
+            return self.prompt_encoder(pts, labels, None, None, emb.grid_hw)[0]
+        return FactoredPointDecoder(fast, ctx, sparse_fn, token_hw, chunk)
+
     def upscale_masks(self, low_res: torch.Tensor, emb: ImageEmbedding) -> torch.Tensor:
         """Low-resolution logits (B, M, 256, 256) -> logits (B, M, H, W) at the original size
         (reference ``postprocess_masks``)."""
         return upscale_mask_logits(low_res, self.input_size, emb.input_hw, emb.original_hw)
 
 
-__all__ = ["Sam", "ImageEmbedding", "resized_hw", "check_rgb_image", "MULTIMASK", "SINGLE_MASK"]
+__all__ = ["Sam", "ImageEmbedding", "resized_hw", "check_rgb_image", "resolve_compute_dtype",
+           "has_native_bfloat16", "COMPUTE_DTYPE_NAMES", "MULTIMASK", "SINGLE_MASK"]

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .family_model import FamilyModel
 from .configs import SamHQConfig, TinyViTConfig
 from .hq_mask_decoder import HQMaskDecoder
 from .mask_decoder import upscale_mask_logits
-from .point_decoder import DecodedMasks, RejectWindow, filter_outputs
+from .point_decoder import DecodedMasks, RejectWindow, apply_filters
 from .prompt_encoder import LABEL_FOREGROUND, PromptEncoder
 from .resampling import sam_postprocess_matrices
 from .sam import (check_compute_dtype, coords_to_input_frame, input_size_view,
@@ -60,7 +61,7 @@ class HQImageEmbedding:
         return tuple(self.embedding.shape[-2:])
 
 
-class SamHQ(nn.Module):
+class SamHQ(FamilyModel):
     """HQ-SAM: image encoder + prompt encoder + HQ mask decoder (official key layout).
 
     Args:
@@ -80,11 +81,6 @@ class SamHQ(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(-1, 1, 1), False)
 
     @property
-    def device(self) -> torch.device:
-        """The device of the model's parameters."""
-        return self.pixel_mean.device
-
-    @property
     def input_size(self) -> int:
         """Side of the square, padded model input in pixels (1024; see :meth:`with_input_size`)."""
         return self.cfg.encoder.img_size
@@ -98,17 +94,6 @@ class SamHQ(nn.Module):
             ValueError: ``size`` is not an integer multiple of 16 in [256, 4096].
         """
         return input_size_view(self, size)
-
-    @property
-    def mask_threshold(self) -> float:
-        """Logit threshold of the mask (0.0)."""
-        return self.cfg.mask_threshold
-
-    def set_fused_attention(self, fused: bool) -> None:
-        """Use fused SDPA attention (default) or the written-out softmax(QK^T)V everywhere."""
-        for m in self.modules():
-            if hasattr(m, "fused"):
-                m.fused = fused
 
     # ---------------------------------------------------------------- image side
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -252,7 +237,7 @@ class SamHQ(nn.Module):
 
 class HQPointDecoder:
     """Plain point decoder of HQ-SAM: prompt encoder + HQ mask decoder forward on a batch of
-    single foreground points, then the seam's filters (:func:`sam_model.point_decoder.filter_outputs`).
+    single foreground points, then the seam's filters (:func:`sam_model.point_decoder.apply_filters`).
     One output per prompt, so the outputs' order is the prompts' order.
 
     Built by :meth:`SamHQ.point_decoder`; see there for the arguments.
@@ -307,7 +292,7 @@ class HQPointDecoder:
                                          hq_features=self.hq_features)
         n_out = low.shape[1]
         index = torch.arange(pts.shape[0], device=pts.device).repeat_interleave(n_out)
-        return filter_outputs(low.flatten(0, 1).float(), iou.flatten().float(), index,
+        return apply_filters(low.flatten(0, 1).float(), iou.flatten().float(), index,
                               iou_thresh, reject, self.low_res_hw)
 
 

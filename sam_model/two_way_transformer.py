@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import attention
+from .layers import MLP, attention
 
 
 class DecoderAttention(nn.Module):
@@ -66,16 +66,23 @@ class DecoderMLP(nn.Module):
 
 class TwoWayAttentionBlock(nn.Module):
     """One two-way block. The first block adds no position encoding in its token
-    self-attention and has no residual there (``skip_first_layer_pe``, reference behaviour)."""
+    self-attention and has no residual there (``skip_first_layer_pe``, reference behaviour).
+
+    ``mlp_layout`` names the token MLP's keys, the math (linear, ReLU, linear) being the same:
+    ``"lin"`` gives ``mlp.lin1/lin2`` (SAM, MobileSAM), ``"layers"`` gives ``mlp.layers.0/1``
+    (SAM 2).
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int,
-                 skip_first_layer_pe: bool) -> None:
+                 skip_first_layer_pe: bool, mlp_layout: str = "lin") -> None:
         super().__init__()
+        if mlp_layout not in ("lin", "layers"):
+            raise ValueError(f"mlp_layout must be 'lin' or 'layers', got {mlp_layout!r}")
         self.self_attn = DecoderAttention(dim, num_heads)
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attn_token_to_image = DecoderAttention(dim, num_heads, downsample_rate)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = DecoderMLP(dim, mlp_dim)
+        self.mlp = DecoderMLP(dim, mlp_dim) if mlp_layout == "lin" else MLP(dim, mlp_dim, dim, 2)
         self.norm3 = nn.LayerNorm(dim)
         self.norm4 = nn.LayerNorm(dim)
         self.cross_attn_image_to_token = DecoderAttention(dim, num_heads, downsample_rate)
@@ -104,13 +111,14 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
-    """Stack of :class:`TwoWayAttentionBlock` plus the final tokens->image attention."""
+    """Stack of :class:`TwoWayAttentionBlock` plus the final tokens->image attention
+    (``mlp_layout``: see :class:`TwoWayAttentionBlock`)."""
 
     def __init__(self, depth: int, dim: int, num_heads: int, mlp_dim: int,
-                 downsample_rate: int = 2) -> None:
+                 downsample_rate: int = 2, mlp_layout: str = "lin") -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(dim, num_heads, mlp_dim, downsample_rate, i == 0)
+            TwoWayAttentionBlock(dim, num_heads, mlp_dim, downsample_rate, i == 0, mlp_layout)
             for i in range(depth))
         self.final_attn_token_to_image = DecoderAttention(dim, num_heads, downsample_rate)
         self.norm_final_attn = nn.LayerNorm(dim)

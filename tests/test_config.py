@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amg.config import OUTPUT_MODES, PARAMETER_NAMES, AMGConfig, ConfigError, preset_path
+from amg.config import (COMPUTE_DTYPES, OUTPUT_MODES, PARAMETER_NAMES, AMGConfig, ConfigError,
+                        parameters, preset_path)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,17 +33,14 @@ def test_defaults_equal_reference_generator_defaults():
             assert ours == pytest.approx(default, rel=0, abs=1e-12), name
         else:
             assert ours == default, name
-    # Our extra parameters: the internal decoder cache knob, and the fast preset's
-    # coarse-to-fine prompting and the model-input size, whose defaults switch them off (the
-    # reference's behaviour).
-    assert set(PARAMETER_NAMES) - set(ref) == {"decoder_chunk_size", "coarse_to_fine_stride",
-                                               "coarse_cover_area_frac", "input_size",
+    # Our extra parameters: the internal decoder cache knob, and the model-input size, whose
+    # default switches it off (the reference's behaviour).
+    assert set(PARAMETER_NAMES) - set(ref) == {"decoder_chunk_size", "input_size",
                                                "compute_dtype", "max_masks",
                                                "nested_mask_penalty", "reserve_pred_iou_thresh",
                                                "reserve_stability_score_thresh",
                                                "refine_crop_n_layers", "fill_holes",
                                                "island_area_frac"}
-    assert cfg.coarse_to_fine_stride == 1 and cfg.coarse_cover_area_frac == 0.0
     assert cfg.input_size is None  # the model's own input size (1024), as the reference
     assert cfg.compute_dtype == "float32"  # the reference's arithmetic
     assert cfg.max_masks is None and cfg.nested_mask_penalty == 0.0  # every mask kept
@@ -73,8 +71,6 @@ def test_defaults_hand_checked():
     ({"points_per_side": True}, "points_per_side"),
     ({"points_per_batch": 0}, "points_per_batch"),
     ({"decoder_chunk_size": 0}, "decoder_chunk_size"),
-    ({"coarse_to_fine_stride": 0}, "coarse_to_fine_stride"),
-    ({"coarse_cover_area_frac": 1.5}, "coarse_cover_area_frac"),
     ({"input_size": 1000}, "input_size"),
     ({"input_size": 128}, "input_size"),
     ({"input_size": 1536.0}, "input_size"),
@@ -192,6 +188,37 @@ def test_mask_generator_rejects_unknown_name(mobile_sam):
     assert gen.config.points_per_side == 8 and len(gen.point_grids[0]) == 64
     with pytest.raises(ConfigError, match="pred_iou_thresh"):
         MaskGenerator(mobile_sam, pred_iou_thresh=1.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter descriptions (the command-line flags are derived from them)
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_parameter_has_type_default_and_one_line_description():
+    params = parameters()
+    assert [p.name for p in params] == list(PARAMETER_NAMES)
+    cfg = AMGConfig()
+    for p in params:
+        assert p.help and "\n" not in p.help and len(p.help) <= 90, p.name
+        assert p.default is getattr(cfg, p.name) or p.default == getattr(cfg, p.name), p.name
+        if p.flag:
+            assert p.type in (int, float, str, bool), p.name
+            assert p.default_label(), p.name
+    by_name = {p.name: p for p in params}
+    # Optional fields take their scalar type; only grids and the record encoding have no flag.
+    assert {n: by_name[n].type for n in ("points_per_side", "input_size", "max_masks",
+                                         "reserve_pred_iou_thresh", "fill_holes",
+                                         "compute_dtype")} == {
+        "points_per_side": int, "input_size": int, "max_masks": int,
+        "reserve_pred_iou_thresh": float, "fill_holes": bool, "compute_dtype": str}
+    assert by_name["point_grids"].type is None
+    assert {p.name for p in params if not p.flag} == {"point_grids", "output_mode"}
+    assert by_name["compute_dtype"].choices == COMPUTE_DTYPES
+    assert by_name["output_mode"].choices == OUTPUT_MODES
+    assert by_name["crop_overlap_ratio"].default_label() == "0.341333"
+    assert by_name["fill_holes"].default_label() == "false"
+    assert by_name["max_masks"].default_label() == "no limit"
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Exact rewrites used by the generator, against the plain computation they replace:
-``GridDecoder`` and ``FactoredGridDecoder`` vs ``MaskDecoder`` (real MobileSAM weights, a real photo) and ``RegionUpscaler``
-vs full-size ``upscale_mask_logits`` + stability score + RLE."""
+``FactoredGridDecoder`` vs ``MaskDecoder`` (real MobileSAM weights, a real photo) and
+``RegionUpscaler`` vs full-size ``upscale_mask_logits`` + stability score + RLE."""
 
 from __future__ import annotations
 
@@ -10,22 +10,22 @@ import torch
 
 from amg.masks import masks_to_boxes_xyxy, stability_score
 from amg.rle import masks_to_rle
-from amg.upscale import (RegionUpscaler, bilinear_matrix, region_box_xyxy, region_to_rle)
+from amg.upscale import RegionUpscaler, region_box_xyxy, region_to_rle
 from sam_model.factored_decoder import FactoredGridDecoder
-from sam_model.grid_decoder import GridDecoder
 from sam_model.mask_decoder import upscale_mask_logits
+from sam_model.resampling import bilinear_matrix, composed_matrix
 
 from .conftest import read_photo
 
 
 # --------------------------------------------------------------------------------------------
-# GridDecoder == MaskDecoder
+# FactoredGridDecoder == MaskDecoder
 # --------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def decoded(mobile_sam):
-    """Plain and grid decoding of 12 random single-point prompts on bus.jpg (portrait)."""
+    """Plain and factored decoding of 12 random single-point prompts on bus.jpg (portrait)."""
     m = mobile_sam
     image = read_photo("bus.jpg")
     g = torch.Generator().manual_seed(0)
@@ -39,17 +39,7 @@ def decoded(mobile_sam):
         dec = m.mask_decoder
         tokens, img_tokens = dec.run_transformer(emb.embedding, pe, sparse, dense)
         low = dec.predict_mask_logits(tokens, img_tokens, emb.grid_hw, [1, 2, 3])
-        gd = GridDecoder(dec)
-        ctx = gd.prepare(emb.embedding, pe, dense.expand_as(emb.embedding))
-        out = [gd.run_transformer(ctx, sparse[s:s + 5]) for s in range(0, 12, 5)]  # uneven chunks
-        tokens2 = torch.cat([t for t, _ in out])
-        img_tokens2 = torch.cat([i for _, i in out])
-        low2 = gd.predict_mask_logits(tokens2, img_tokens2, ctx.grid_hw, [1, 2, 3])
-        low_part = gd.predict_mask_logits(tokens2, img_tokens2, ctx.grid_hw, [1, 2, 3], (64, 48))
-        iou, iou2 = dec.predict_iou(tokens), gd.predict_iou(tokens2)
-        subset = gd.run_transformer(ctx, sparse, final_tokens=[0, 2, 3, 4])[0]
-        # a tile that does not divide the 4096 tokens, and one tile for all of them
-        tiled = [GridDecoder(dec, token_tile=t).run_transformer(ctx, sparse) for t in (100, 4096)]
+        iou = dec.predict_iou(tokens)
         fd = FactoredGridDecoder(dec)
         fctx = fd.prepare(emb.embedding, pe, dense.expand_as(emb.embedding))
         fout = [fd.run_transformer(fctx, sparse[s:s + 5]) for s in range(0, 12, 5)]
@@ -72,59 +62,13 @@ def decoded(mobile_sam):
                         low=f_low, part=f_part, window=f_window, window_given=f_window_given,
                         low_given=f_low_given, subset=f_subset, subset_img=f_img.materialize(),
                         iou=dec.predict_iou(f_tokens), decoder=fd)
-    return dict(tokens=(tokens, tokens2), img=(img_tokens, img_tokens2), low=(low, low2),
-                iou=(iou, iou2), low_part=low_part, subset=subset, tiled=tiled,
-                factored=factored)
-
-
-def test_grid_decoder_tokens_match_mask_decoder(decoded):
-    a, b = decoded["tokens"]
-    assert a.shape == b.shape == (12, 7, 256)
-    torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
-    a, b = decoded["img"]
-    torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
-
-
-def test_grid_decoder_token_tile_does_not_change_the_result(decoded, mobile_sam):
-    tokens, img_tokens = decoded["tokens"][0], decoded["img"][0]
-    for t, i in decoded["tiled"]:
-        torch.testing.assert_close(t, tokens, rtol=0, atol=1e-4)
-        torch.testing.assert_close(i, img_tokens, rtol=0, atol=1e-4)
-    with pytest.raises(ValueError, match="token_tile"):
-        GridDecoder(mobile_sam.mask_decoder, token_tile=0)
-
-
-def test_grid_decoder_final_token_subset(decoded):
-    """Only the chosen tokens go through the last attention; the others are NaN, never stale."""
-    full, _ = decoded["tokens"]
-    subset = decoded["subset"]
-    assert subset.shape == (12, 7, 256)
-    torch.testing.assert_close(subset[:, [0, 2, 3, 4]], full[:, [0, 2, 3, 4]], rtol=0, atol=1e-4)
-    assert torch.isnan(subset[:, [1, 5, 6]]).all()
-
-
-def test_grid_decoder_predicted_iou_matches(decoded):
-    a, b = decoded["iou"]
-    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
-
-
-def test_grid_decoder_low_res_logits_match(decoded):
-    a, b = decoded["low"]
-    assert b.shape == (12, 3, 256, 256)
-    # logits span about +-50; 1e-3 absolute is ~2e-5 of the range
-    torch.testing.assert_close(b, a, rtol=0, atol=1e-3)
-
-
-def test_grid_decoder_token_region_is_the_same_part_of_the_full_map(decoded):
-    _, full = decoded["low"]
-    part = decoded["low_part"]
-    assert part.shape == (12, 3, 256, 192)
-    torch.testing.assert_close(part, full[..., :256, :192], rtol=0, atol=1e-5)
+    return dict(tokens=(tokens,), img=(img_tokens,), low=(low,), iou=(iou,), factored=factored)
 
 
 def test_factored_decoder_matches_mask_decoder(decoded):
     """Image tokens kept as scale * base + coef @ rows: the same tokens, image tokens, predicted
-    IoU and logits as the plain decoder, within the tolerances of GridDecoder's tests."""
+    IoU and logits as the plain decoder (logits span about +-50; 1e-3 absolute is ~2e-5 of
+    the range)."""
     f = decoded["factored"]
     tokens, img = decoded["tokens"][0], decoded["img"][0]
     assert f["tokens"].shape == (12, 7, 256)
@@ -190,14 +134,20 @@ GEOMETRIES = [((684, 1024), (534, 800)),    # dog.jpg
               ((13, 1024), (5, 400))]       # extreme aspect
 
 
+def v1_matrices(input_hw: tuple[int, int], out_hw: tuple[int, int]):
+    """SAM v1's post-processing matrices (256 -> 1024, crop to ``input_hw``, -> ``out_hw``)."""
+    return (composed_matrix(256, 1024, input_hw[0], out_hw[0]),
+            composed_matrix(256, 1024, input_hw[1], out_hw[1]))
+
+
 @pytest.mark.parametrize("input_hw, out_hw", GEOMETRIES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_region_upscaler_matches_full_upscale(input_hw, out_hw, seed):
     g = torch.Generator().manual_seed(seed)
-    nlow = RegionUpscaler.needed_low_res(256, 1024, input_hw, out_hw)
+    nlow = RegionUpscaler.needed_low_res(*v1_matrices(input_hw, out_hw))
     # the generator decodes whole tokens: up to 3 rows/columns of padding logits come along
     lh, lw = 4 * -(-nlow[0] // 4), 4 * -(-nlow[1] // 4)
-    up = RegionUpscaler((lh, lw), 256, 1024, input_hw, out_hw, torch.device("cpu"))
+    up = RegionUpscaler((lh, lw), *v1_matrices(input_hw, out_hw), torch.device("cpu"))
     yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
     h, w = out_hw
     for trial in range(6):
@@ -237,9 +187,9 @@ def test_region_upscaler_strip_test_matches_the_full_mask(input_hw, out_hw):
     """``strip_any_above`` on a strip's token window says whether the full-size mask has a
     pixel in that strip (21 columns or rows at each end, and one in the middle)."""
     g = torch.Generator().manual_seed(3)
-    nlow = RegionUpscaler.needed_low_res(256, 1024, input_hw, out_hw)
+    nlow = RegionUpscaler.needed_low_res(*v1_matrices(input_hw, out_hw))
     lh, lw = 4 * -(-nlow[0] // 4), 4 * -(-nlow[1] // 4)
-    up = RegionUpscaler((lh, lw), 256, 1024, input_hw, out_hw, torch.device("cpu"))
+    up = RegionUpscaler((lh, lw), *v1_matrices(input_hw, out_hw), torch.device("cpu"))
     yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
     lows = []
     for _ in range(24):  # blobs of every size, anywhere: some reach a strip, some do not
@@ -306,7 +256,7 @@ def test_region_rle_and_box_equal_the_placed_full_mask(seed):
 
 def test_region_upscaler_refuses_a_region_that_misses_taps():
     with pytest.raises(ValueError, match="does not cover"):
-        RegionUpscaler((100, 100), 256, 1024, (684, 1024), (534, 800), torch.device("cpu"))
+        RegionUpscaler((100, 100), *v1_matrices((684, 1024), (534, 800)), torch.device("cpu"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,8 +348,7 @@ def test_auto_compute_dtype_follows_the_hardware(mobile_sam):
     from pathlib import Path
 
     from amg import MaskGenerator
-    from amg.generator import resolve_compute_dtype
-    from sam_model.sam import has_native_bfloat16
+    from sam_model import has_native_bfloat16, resolve_compute_dtype
     cpu = torch.device("cpu")
     assert resolve_compute_dtype("float32", cpu) == torch.float32
     assert resolve_compute_dtype("bfloat16", cpu) == torch.bfloat16
@@ -418,15 +367,18 @@ def test_auto_compute_dtype_follows_the_hardware(mobile_sam):
 
 def test_generator_crop_edge_strips_change_nothing(mobile_sam, monkeypatch):
     """Crop-layer masks that reach a crop-edge strip are dropped before their whole-map
-    logits (amg.generator.EdgeStrip); the output equals the run without that shortcut
-    (picture1.jpg, one crop layer, 8 x 8 grid), and the shortcut does drop masks there."""
+    logits (reject windows of amg.generator.EdgeStrip); the output equals the run without
+    that shortcut (picture1.jpg, one crop layer, 8 x 8 grid), and the shortcut does drop
+    masks there."""
     import amg.generator as gen_mod
     from amg import MaskGenerator
+    from sam_model.factored_decoder import FactoredPointDecoder
     image = read_photo("picture1.jpg")
     gen = MaskGenerator(mobile_sam, points_per_side=8, crop_n_layers=1, output_mode="coco_rle")
     calls = []
-    near = gen._near_crop_edge
-    monkeypatch.setattr(gen, "_near_crop_edge", lambda *a: calls.append(near(*a)) or calls[-1])
+    rejected = FactoredPointDecoder._rejected
+    monkeypatch.setattr(FactoredPointDecoder, "_rejected",
+                        lambda *a: calls.append(rejected(*a)) or calls[-1])
     with_strips = gen.generate(image)
     assert sum(int(c.sum()) for c in calls) > 10  # masks were dropped from the strips
     monkeypatch.setattr(gen_mod, "EDGE_STRIP_MAX_TOKEN_FRAC", -1.0)  # no strips

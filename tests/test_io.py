@@ -1,5 +1,5 @@
-"""``amg.io``: decoding images to (H, W, 3) uint8 RGB, errors that name the file, finding
-images in folders, distinct output names, and atomic writes."""
+"""``amg.io``: decoding images to (H, W, 3) uint8 RGB, errors that name the file, and atomic
+writes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import amg.io as amg_io
-from amg.io import ImageReadError, find_images, load_image, output_stems, write_atomic
+from amg.io import ImageReadError, load_image, write_atomic
 
 from .conftest import shared_path
 
@@ -231,98 +231,6 @@ def test_jpeg_header_only(tmp_path):
     p = tmp_path / "head.jpg"
     p.write_bytes(data[:200])
     _assert_read_error(p)
-
-
-# --------------------------------------------------------------------------------------------
-# find_images
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tree(tmp_path):
-    root = tmp_path / "photos"
-    files = ["b.jpg", "a.PNG", "c.jpeg", "notes.txt", "sub/d.tif", "sub/e.webp", "sub/x.json",
-             "sub/deeper/f.bmp", "sub/deeper/g.JPG", "z_dir/h.png"]
-    for f in files:
-        (root / f).parent.mkdir(parents=True, exist_ok=True)
-        (root / f).write_bytes(b"x")
-    return root
-
-
-def test_find_images_recursive_filtered_sorted(tree):
-    found = find_images([tree])
-    rel = [p.relative_to(tree).as_posix() for p in found]
-    assert rel == ["a.PNG", "b.jpg", "c.jpeg", "sub/d.tif", "sub/deeper/f.bmp",
-                   "sub/deeper/g.JPG", "sub/e.webp", "z_dir/h.png"]
-    assert all(isinstance(p, Path) for p in found)
-
-
-def test_find_images_not_recursive(tree):
-    rel = [p.relative_to(tree).as_posix() for p in find_images([tree], recursive=False)]
-    assert rel == ["a.PNG", "b.jpg", "c.jpeg"]
-
-
-def test_find_images_files_taken_as_given(tree):
-    # A file named explicitly is kept whatever its extension (reported later, not skipped).
-    found = find_images([tree / "notes.txt", str(tree / "b.jpg")])
-    assert found == [tree / "notes.txt", tree / "b.jpg"]
-
-
-def test_find_images_deduplicates(tree):
-    found = find_images([tree / "b.jpg", tree, tree / "sub", tree / "sub" / ".." / "c.jpeg"])
-    assert len(found) == len(set(p.resolve() for p in found)) == 8
-    assert found[0] == tree / "b.jpg"  # first mention wins
-    assert sorted(p.name for p in found) == ["a.PNG", "b.jpg", "c.jpeg", "d.tif", "e.webp",
-                                             "f.bmp", "g.JPG", "h.png"]
-
-
-def test_find_images_empty_folder(tmp_path):
-    assert find_images([tmp_path]) == []
-
-
-def test_find_images_missing_input(tree):
-    missing = tree / "nope"
-    with pytest.raises(FileNotFoundError, match="nope"):
-        find_images([tree, missing])
-
-
-# --------------------------------------------------------------------------------------------
-# output_stems
-# --------------------------------------------------------------------------------------------
-
-
-def test_output_stems_unique_stems_kept():
-    paths = [Path("a/dog.jpg"), Path("b/cat.png"), Path("truck.jpeg")]
-    assert output_stems(paths) == ["dog", "cat", "truck"]
-
-
-def test_output_stems_collisions_use_path():
-    paths = [Path("a/dog.jpg"), Path("b/dog.jpg"), Path("cat.png"), Path("c/d/dog.png")]
-    stems = output_stems(paths)
-    assert stems == ["a__dog", "b__dog", "cat", "d__dog"]
-    assert output_stems(paths) == stems  # stable
-
-
-def test_output_stems_absolute_paths(tmp_path):
-    paths = [tmp_path / "x" / "dog.jpg", tmp_path / "y" / "dog.jpg"]
-    stems = output_stems(paths)
-    assert len(set(stems)) == 2
-    for s in stems:
-        assert "/" not in s and not s.startswith("_")
-    assert stems == ["x__dog", "y__dog"]
-
-
-def test_output_stems_empty():
-    assert output_stems([]) == []
-
-
-
-def test_output_stems_same_stem_different_extension():
-    stems = output_stems([Path("a/dog.jpg"), Path("a/dog.png")])
-    assert stems == ["dog.jpg", "dog.png"]
-    # A generated name that equals another file's own stem is numbered, not overwritten.
-    assert output_stems([Path("a/dog.jpg"), Path("b/dog.jpg"), Path("a__dog.jpg")]) == \
-        ["a__dog", "b__dog", "a__dog-2"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from amg import MaskGenerator
-from amg.cli import build_parser
+from amg.dataset.cli import build_parser
 from amg.config import AMGConfig, ConfigError
 from amg.crops import generate_crop_boxes
 from amg.mask_data import MaskData

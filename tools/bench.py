@@ -21,10 +21,8 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
@@ -33,12 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amg import AMGConfig, MaskGenerator  # noqa: E402
 from amg.io import load_image  # noqa: E402
 from sam_model import load_model  # noqa: E402
-from sam_model.checkpoints import fetch_checkpoint  # noqa: E402
-
-REFERENCE_PARAMS = ("points_per_side", "points_per_batch", "pred_iou_thresh",
-                    "stability_score_thresh", "stability_score_offset", "box_nms_thresh",
-                    "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
-                    "crop_n_points_downscale_factor", "point_grids", "min_mask_region_area")
+from tools.common import make_reference_generator, parse_overrides, reference_params  # noqa: E402
 
 
 def reset_peak_rss() -> bool:
@@ -78,37 +71,13 @@ def match_fractions(ref, ours, thresh=0.9):
     return float((ious.max(1) >= thresh).mean()), float((ious.max(0) >= thresh).mean())
 
 
-def reference_generator(cfg: AMGConfig):
-    """MobileSAM reference generator with ``cfg``'s parameters, or None if not installed."""
+def reference_generator(cfg: AMGConfig, device: str = "cpu"):
+    """MobileSAM reference generator with ``cfg``'s parameters on ``device``, or None if not
+    installed."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from mobilesam_lite.mobile_sam import SamAutomaticMaskGenerator, sam_model_registry
+        return make_reference_generator(reference_params(cfg), device)
     except ImportError:
         return None
-    model = sam_model_registry["vit_t"](checkpoint=str(fetch_checkpoint("mobile_sam"))).eval()
-    params = {k: getattr(cfg, k) for k in REFERENCE_PARAMS}
-    if params["point_grids"] is not None:
-        params["points_per_side"] = None
-    return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["points_per_side=16", ...]`` -> ``{"points_per_side": 16}`` (values parsed as JSON).
-
-    Raises:
-        ValueError: an item without ``=`` or with a value that is not JSON (named).
-    """
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value) if value not in ("None", "none") else None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--set {item!r}: value is not JSON ({e.msg})") from None
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,11 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     ours = MaskGenerator(model, ours_cfg)
     extra = {name: MaskGenerator(model, AMGConfig.from_preset(name, **overrides).replace(
         output_mode="coco_rle")) for name in args.also}
-    ref = None if args.no_reference else reference_generator(ref_cfg)
+    ref = None if args.no_reference else reference_generator(ref_cfg, args.device)
     if ref is None and not args.no_reference:
         print("note: the reference (mobilesam-lite, test extra) is not installed; timing ours only")
-    if args.device != "cpu" and ref is not None:
-        ref.predictor.model.to(args.device)
 
     rows = []
     for path in args.images:

@@ -6,7 +6,7 @@ COCOeval "segm" with useCats = 0, crowd ground truth ignored. One report row per
 and per --reference run (the reference SamAutomaticMaskGenerator of MobileSAM, a test-only
 oracle: pip install -e ".[test]"), all on the same images: AR@10/100/1000 over mask IoU
 0.50:0.95, AR@1000 for small/medium/large objects, masks per image, seconds per image
-(generation only). See docs/quality.md and amg/evaluate.py.
+(generation only). See docs/quality.md and the amg.evaluation package.
 
     python3 tools/evaluate.py --limit 12 --preset default --reference --cache .eval_cache \\
         --json .eval_cache/report.json --markdown .eval_cache/report.md --plots .eval_cache/plots
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,47 +34,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from amg.config import AMGConfig, ConfigError  # noqa: E402
-from amg.evaluate import (DEFAULT_DATASET, EvaluationError, ProposalSource,  # noqa: E402
-                          evaluate_sources, format_markdown, load_dataset, our_source, write_plots)
+from amg.evaluation.errors import EvaluationError  # noqa: E402
+from amg.evaluation.ground_truth import DEFAULT_DATASET, load_dataset  # noqa: E402
+from amg.evaluation.plots import write_plots  # noqa: E402
+from amg.evaluation.report import evaluate_sources, format_markdown  # noqa: E402
+from amg.evaluation.sources import ProposalSource, our_source  # noqa: E402
 from amg.io import ImageReadError  # noqa: E402
-
-REFERENCE_DIST = "mobilesam-lite"
-REFERENCE_PARAMS = ("points_per_side", "points_per_batch", "pred_iou_thresh",
-                    "stability_score_thresh", "stability_score_offset", "box_nms_thresh",
-                    "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
-                    "crop_n_points_downscale_factor", "point_grids", "min_mask_region_area")
-
-
-def parse_value(text: str) -> Any:
-    """A --set/--preset value: JSON (``16``, ``0.8``, ``null``, ``[..]``), ``None``, else the string."""
-    if text in ("None", "none"):
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def parse_overrides(items: list[str], source: str) -> dict[str, Any]:
-    """``["k=v", ...]`` to ``{k: parse_value(v)}``.
-
-    Raises:
-        ConfigError: an item without ``=`` (names ``source``).
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{source}: expected KEY=VALUE, got {item!r}")
-        out[key.strip()] = parse_value(value.strip())
-    return out
+from tools.common import (REFERENCE_DIST, make_reference_generator, parse_overrides,  # noqa: E402
+                          reference_params)
 
 
 def parse_preset_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``NAME[:K=V,K=V]`` to ``(NAME, {K: V})``; a colon not followed by ``K=V`` is part of NAME."""
     name, sep, rest = spec.partition(":")
     if sep and "=" in rest:
-        return name, parse_overrides([p for p in rest.split(",") if p], source=f"--preset {spec}")
+        return name, parse_overrides([p for p in rest.split(",") if p], source=f"--preset {spec}",
+                                     plain_strings=True)
     return spec, {}
 
 
@@ -92,9 +66,7 @@ def reference_source(preset: str, overrides: dict[str, Any], device: str) -> Pro
     cfg = AMGConfig.from_preset(preset, **overrides)
     if importlib.util.find_spec("mobilesam_lite") is None:
         return None
-    params = {k: getattr(cfg, k) for k in REFERENCE_PARAMS}
-    if params["point_grids"] is not None:
-        params["points_per_side"] = None
+    params = reference_params(cfg)
     from sam_model.checkpoints import KNOWN_CHECKPOINTS
     key = {"kind": "reference", "package": REFERENCE_DIST,
            "version": importlib.metadata.version(REFERENCE_DIST),
@@ -102,14 +74,7 @@ def reference_source(preset: str, overrides: dict[str, Any], device: str) -> Pro
            "device": device, "params": params}
 
     def make():
-        import torch  # noqa: F401  (the oracle needs it; imported here to keep start-up light)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from mobilesam_lite.mobile_sam import SamAutomaticMaskGenerator, sam_model_registry
-        from sam_model.checkpoints import fetch_checkpoint
-        model = sam_model_registry["vit_t"](checkpoint=str(fetch_checkpoint("mobile_sam"))).eval()
-        model.to(device)
-        return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
+        return make_reference_generator(params, device)
 
     label = "reference" + ("" if preset == "default" else f":{preset}")
     if overrides:
@@ -152,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the evaluation; returns the exit code (0 ok, 1 a row skipped, 2 bad arguments)."""
     args = build_parser().parse_args(argv)
     try:
-        common = parse_overrides(args.set, source="--set")
+        common = parse_overrides(args.set, source="--set", plain_strings=True)
         ids = None
         if args.image_ids:
             try:
