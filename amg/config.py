@@ -56,6 +56,10 @@ class AMGConfig:
         min_mask_region_area: disconnected regions and holes below this many pixels are
             removed (0 disables; uses OpenCV).
         output_mode: ``binary_mask``, ``uncompressed_rle`` or ``coco_rle``.
+        hq_token_only: SAM-HQ models only (a family option of the point decoder; other
+            families refuse True). The HQ token's mask alone instead of the SAM mask plus the
+            HQ mask. False (default), as the reference SAM-HQ ``SamAutomaticMaskGenerator``,
+            whose predictor call keeps ``predict_torch``'s default.
         decoder_chunk_size: prompts per mask-decoder call inside a batch; an internal
             cache-size knob that does not change the output (in float32; in bfloat16 at most
             by rounding). ``None`` (default): 4 in float32, 8 in bfloat16, the fastest of
@@ -122,6 +126,8 @@ class AMGConfig:
         0, "remove disconnected regions and holes below this many pixels (0: off)")
     output_mode: str = _param("binary_mask", "segmentation encoding of the records",
                               choices=OUTPUT_MODES, flag=False)
+    hq_token_only: bool = _param(
+        False, "SAM-HQ: the HQ token's mask alone, not SAM mask + HQ mask")
     decoder_chunk_size: int | None = _param(
         None, "prompts per mask-decoder call inside a batch (speed, not the output)",
         default_text="4 in float32, 8 in bfloat16")
@@ -214,7 +220,9 @@ class AMGConfig:
                  "reserve_pred_iou_thresh / reserve_stability_score_thresh")
         need(_is_num(self.island_area_frac) and 0.0 <= self.island_area_frac < 1.0,
              f"island_area_frac must be in [0, 1), got {self.island_area_frac!r}")
-        need(isinstance(self.fill_holes, bool), f"fill_holes must be true or false, got {self.fill_holes!r}")
+        for name in ("fill_holes", "hq_token_only"):
+            need(isinstance(getattr(self, name), bool),
+                 f"{name} must be true or false, got {getattr(self, name)!r}")
         need(self.compute_dtype in COMPUTE_DTYPES,
              f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         need(self.output_mode in OUTPUT_MODES,

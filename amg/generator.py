@@ -127,6 +127,8 @@ class MaskGenerator:
 
     Raises:
         ConfigError: an unknown parameter name or an invalid value.
+        DecoderOptionError: a family option the model's family does not have (e.g.
+            ``hq_token_only`` on a SAM v1 model).
     """
 
     def __init__(self, model: Any, config: AMGConfig | None = None, **params: Any) -> None:
@@ -136,6 +138,9 @@ class MaskGenerator:
         # input_size: the same weights run at another model-input side (not in the reference).
         self.model = model if cfg.input_size is None else model.with_input_size(int(cfg.input_size))
         self.compute_dtype = resolve_compute_dtype(cfg.compute_dtype, model.device)
+        self.decoder_options = decoder_options(cfg)
+        if self.decoder_options:  # a family without one of them refuses it now, not per crop
+            self.model.check_decoder_options(self.decoder_options)
         if cfg.point_grids is not None:
             self.point_grids = [np.asarray(g, dtype=np.float64) for g in cfg.point_grids]
         else:
@@ -217,9 +222,8 @@ class MaskGenerator:
         # and columns that reach the image (the rest is padding).
         ay, ax = model.low_res_to_image(emb)
         with record_function("amg.mask_decoder"):
-            options = {} if cfg.decoder_chunk_size is None else {"chunk_size": cfg.decoder_chunk_size}
             decoder = model.point_decoder(emb, self.compute_dtype, RegionUpscaler.needed_low_res(ay, ax),
-                                          **options)
+                                          **self.decoder_options)
         upscaler = RegionUpscaler(decoder.low_res_hw, ay, ax, model.device)
         token_hw = (decoder.low_res_hw[0] // 4, decoder.low_res_hw[1] // 4)
         reject = [s.reject_window(upscaler, model.mask_threshold)
@@ -305,6 +309,18 @@ class MaskGenerator:
             return cfg.pred_iou_thresh, cfg.stability_score_thresh
         return (min(cfg.pred_iou_thresh, cfg.reserve_pred_iou_thresh),
                 min(cfg.stability_score_thresh, cfg.reserve_stability_score_thresh))
+
+
+def decoder_options(cfg: AMGConfig) -> dict[str, Any]:
+    """The family options of ``model.point_decoder`` that ``cfg`` sets away from their
+    defaults (so every family's decoder takes the defaults): ``chunk_size`` from
+    ``decoder_chunk_size``, ``hq_token_only=True`` (SAM-HQ)."""
+    options: dict[str, Any] = {}
+    if cfg.decoder_chunk_size is not None:
+        options["chunk_size"] = cfg.decoder_chunk_size
+    if cfg.hq_token_only:
+        options["hq_token_only"] = True
+    return options
 
 
 def remove_small_regions_and_dedupe(data: MaskData, min_area: int, nms_thresh: float) -> MaskData:

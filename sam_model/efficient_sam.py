@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .family_model import FamilyModel
+from .family_model import FamilyModel, checks_decoder_options
 from .checkpoints import (EFFICIENT_SAM_CHECKPOINTS, CheckpointError, CheckpointMismatch,
                           cache_dir, check_state_dict, describe_efficient_sam_architecture,
                           detect_efficient_sam_architecture, read_efficient_sam_state_dict)
@@ -237,6 +237,7 @@ class EfficientSam(FamilyModel):
         h, w = emb.original_hw
         return bicubic_matrix(n_low[0], h), bicubic_matrix(n_low[1], w)
 
+    @checks_decoder_options
     def point_decoder(self, emb: EfficientSamEmbedding, compute_dtype: torch.dtype = torch.float32,
                       low_res_hw: tuple[int, int] | None = None, *, plain: bool = False,
                       multimask_output: bool = True) -> "EfficientSamPointDecoder":

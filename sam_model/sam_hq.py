@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .family_model import FamilyModel
+from .family_model import FamilyModel, checks_decoder_options
 from .configs import SamHQConfig, TinyViTConfig
 from .hq_mask_decoder import HQMaskDecoder
 from .mask_decoder import upscale_mask_logits
@@ -205,6 +205,7 @@ class SamHQ(FamilyModel):
         n_low = 4 * emb.grid_hw[0]
         return sam_postprocess_matrices(n_low, self.input_size, emb.input_hw, emb.original_hw)
 
+    @checks_decoder_options
     def point_decoder(self, emb: HQImageEmbedding, compute_dtype: torch.dtype = torch.float32,
                       low_res_hw: tuple[int, int] | None = None, *, plain: bool = False,
                       multimask_output: bool = True, hq_token_only: bool = False

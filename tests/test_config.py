@@ -40,7 +40,7 @@ def test_defaults_equal_reference_generator_defaults():
                                                "nested_mask_penalty", "reserve_pred_iou_thresh",
                                                "reserve_stability_score_thresh",
                                                "refine_crop_n_layers", "fill_holes",
-                                               "island_area_frac"}
+                                               "island_area_frac", "hq_token_only"}
     assert cfg.input_size is None  # the model's own input size (1024), as the reference
     assert cfg.compute_dtype == "float32"  # the reference's arithmetic
     assert cfg.max_masks is None and cfg.nested_mask_penalty == 0.0  # every mask kept
@@ -48,6 +48,14 @@ def test_defaults_equal_reference_generator_defaults():
     assert cfg.reserve_pred_iou_thresh is None and cfg.reserve_stability_score_thresh is None
     assert cfg.refine_crop_n_layers == 0 and cfg.fill_holes is False
     assert cfg.island_area_frac == 0.0
+
+
+def test_hq_token_only_default_equals_sam_hq_reference_generator():
+    hq = pytest.importorskip("segment_anything_hq")
+    # The HQ generator calls predict_torch without hq_token_only: the predictor's default.
+    assert "hq_token_only" not in inspect.getsource(hq.SamAutomaticMaskGenerator._process_batch)
+    default = inspect.signature(hq.SamPredictor.predict_torch).parameters["hq_token_only"].default
+    assert default is False and AMGConfig().hq_token_only is False
 
 
 def test_defaults_hand_checked():
@@ -88,6 +96,7 @@ def test_defaults_hand_checked():
     ({"stability_score_offset": -1.0}, "stability_score_offset"),
     ({"crop_overlap_ratio": 1.0}, "crop_overlap_ratio"),
     ({"output_mode": "png"}, "output_mode"),
+    ({"hq_token_only": 1}, "hq_token_only"),
 ])
 def test_bad_value_names_parameter(params, name):
     with pytest.raises(ConfigError, match=name):

@@ -37,3 +37,38 @@ def test_every_family_runs_through_the_seam(name, outputs):
         assert 0 <= x and 0 <= y and x + bw <= w and y + bh <= h
         assert tuple(round(v, 6) for v in r["point_coords"][0]) in grid
         assert r["crop_box"] == [0, 0, w, h]
+
+
+# --------------------------------------------------------------------------------------------
+# Family options (hq_token_only): taken by SAM-HQ, refused by name elsewhere
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mobile_sam", "sam2.1_hiera_tiny", "efficient_sam_vitt"])
+def test_hq_token_only_refused_by_families_without_it(name):
+    from sam_model import DecoderOptionError
+    model = build_model(name)
+    msg = rf"^hq_token_only is not an option of {name}'s point decoder \(its options: [^\n]*\)$"
+    with pytest.raises(DecoderOptionError, match=msg):
+        MaskGenerator(model, hq_token_only=True)  # refused before any image is encoded
+    with pytest.raises(DecoderOptionError, match=msg):  # checked before the embedding is read
+        model.point_decoder(None, hq_token_only=True)
+    MaskGenerator(model, hq_token_only=False)  # the default is every family's
+
+
+def test_hq_token_only_reaches_the_sam_hq_decoder(monkeypatch):
+    from sam_model import sam_hq
+    torch.manual_seed(0)
+    model = build_model("sam_hq_vit_tiny")
+    assert "hq_token_only" in model.decoder_options()
+    seen = []
+    decode = sam_hq.HQPointDecoder.decode
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.hq_token_only)
+        return decode(self, *args, **kwargs)
+    monkeypatch.setattr(sam_hq.HQPointDecoder, "decode", spy)
+    image = np.ascontiguousarray(read_photo("dog.jpg")[::8, ::8])
+    for flag in (False, True):
+        MaskGenerator(model, points_per_side=2, hq_token_only=flag).generate(image)
+    assert seen == [False, True]
