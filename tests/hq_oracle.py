@@ -68,9 +68,9 @@ class EncodedPair:
     image: np.ndarray
 
 
-def encoded_pair(name: str, photo: str, seed: int = 0) -> EncodedPair:
-    """Build the official ``name`` model, randomise it (seeded), load its state dict into ours
-    strictly, and encode ``photo`` with both."""
+def random_pair(name: str, seed: int = 0) -> tuple[SamHQ, torch.nn.Module]:
+    """(ours, official) ``name`` models with the same seeded random weights (``randomise_`` of
+    the official model, loaded into ours strictly), both in eval mode."""
     sa = oracle()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -79,7 +79,13 @@ def encoded_pair(name: str, photo: str, seed: int = 0) -> EncodedPair:
     ref.eval()  # TinyViT caches its attention biases when switched to eval mode
     ours = SamHQ(SAM_HQ_CONFIGS[name])
     ours.load_state_dict(ref.state_dict(), strict=True)  # key-for-key compatible
-    ours.eval()
+    return ours.eval(), ref
+
+
+def encoded_pair(name: str, photo: str, seed: int = 0) -> EncodedPair:
+    """:func:`random_pair`, and ``photo`` encoded by both."""
+    sa = oracle()
+    ours, ref = random_pair(name, seed)
     image = read_photo(photo)
     predictor = sa.SamPredictor(ref)
     with torch.no_grad():
@@ -207,3 +213,24 @@ def check_low_res_to_image(pair: EncodedPair) -> float:
     err = rel_err(image_logits, masks[:, 0].double())
     assert err < TOL
     return err
+
+
+def shape_for_grids_(models: tuple[torch.nn.Module, ...], seed: int = 5,
+                     attention_gain: float = 3.0, mask_logit_gain: float = 25.0) -> None:
+    """Make random-weight masks usable by a grid generator, in ours and the official model
+    alike (``models``: both, with the same weights; encoder outputs are unchanged): the prompt
+    encoder's Fourier-feature matrix seeded N(0, 1) (its official init; at ``randomise_``'s
+    0.05 scale every point gets nearly the same encoding, so every prompt the same mask), the
+    mask decoder's attention query/key projections times ``attention_gain``, and the output
+    layers of the SAM and HQ hypernetworks times ``mask_logit_gain`` (logits well beyond the
+    stability score's +-1)."""
+    gauss = models[0].prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    noise = torch.randn(gauss.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for model in models:
+            model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.copy_(noise)
+            for name, p in model.mask_decoder.named_parameters():
+                if (".q_proj." in name or ".k_proj." in name) and name.endswith("weight"):
+                    p.mul_(attention_gain)
+                if name.startswith(("output_hypernetworks_mlps.", "hf_mlp.")) and ".layers.2." in name:
+                    p.mul_(mask_logit_gain)
