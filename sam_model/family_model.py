@@ -57,11 +57,11 @@ class FamilyModel(nn.Module):
         return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "plain")
 
     def check_decoder_options(self, options: Mapping[str, Any]) -> None:
-        """Raise :class:`DecoderOptionError` for the first name in ``options`` that is neither
-        ``plain`` nor one of :meth:`decoder_options`."""
-        known = self.decoder_options()
+        """Raise :class:`DecoderOptionError` for the first name in ``options`` that is not a
+        parameter of :meth:`point_decoder` (the message lists :meth:`decoder_options`)."""
+        params = inspect.signature(type(self).point_decoder).parameters
         for name in options:
-            if name != "plain" and name not in known:
+            if name not in params or name == "self":
                 raise DecoderOptionError(
                     f"{name} is not an option of {self.cfg.name}'s point decoder "
-                    f"(its options: {', '.join(known) or 'none'})")
+                    f"(its options: {', '.join(self.decoder_options()) or 'none'})")
