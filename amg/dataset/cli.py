@@ -1,5 +1,6 @@
 """The ``segment-everything`` command: segment images, folders and image lists into datasets.
 
+    segment-everything models
     segment-everything INPUT... --output DIR [--format json,coco,png,labelmap,overlay]
                        [--list FILE] [--glob PATTERN] [--model mobile_sam] [--config default]
                        [--points-per-side 16 ...] [--min-area N] [--mask-nms-thresh 0.8]
@@ -129,7 +130,12 @@ def _error(msg: object) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (0 all images done, 1 some failed, 2 usage,
-    130 interrupted)."""
+    130 interrupted). ``segment-everything models`` lists the models instead
+    (:mod:`amg.dataset.models_command`; an input file named ``models`` is ``./models``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["models"]:
+        from .models_command import main as models_main
+        return models_main(argv[1:])
     args = build_parser().parse_args(argv)
     overrides = {p.name: getattr(args, p.name) for p in GENERATION_FLAGS
                  if getattr(args, p.name) is not None}
@@ -155,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     if not images:
         return _error("no images found in the inputs")
 
-    from sam_model import KNOWN_CHECKPOINTS, CheckpointError  # heavy import after argument checks
+    from sam_model import CheckpointError, model_names  # heavy import after argument checks
 
-    if args.model not in KNOWN_CHECKPOINTS and not Path(args.model).is_file():
-        return _error(f"--model {args.model}: neither a known model ({', '.join(KNOWN_CHECKPOINTS)}) "
-                      "nor a checkpoint file")
+    if args.model not in model_names() and not Path(args.model).is_file():
+        return _error(f"--model {args.model}: neither a known model ({', '.join(model_names())}; "
+                      "see segment-everything models) nor a checkpoint file")
     try:
         summary = run_dataset(images, options)
     except (RunMismatch, RunLocked, CheckpointError, KeyError, ValueError, ImportError) as exc:
