@@ -8,9 +8,18 @@ parity figures (fraction of reference masks matched by ours at mask IoU >= 0.9 a
 The reference is a test-only oracle (MobileSAM's reference code, ``pip install -e .[test]``);
 without it the tool times ours alone and says so.
 
+``--model`` (default ``mobile_sam``, real weights) also takes the SAM-HQ and EfficientSAM names:
+then ours and the family's reference run with the same seeded random weights (the parity
+tests' weights, so these runs need the test extra and ``../shared/oracles``) and filters
+lowered so that random-weight masks pass (``tools.common.RANDOM_WEIGHT_FAMILIES``, before
+``--set``). References: SAM-HQ's own ``SamAutomaticMaskGenerator`` (``segment_anything_hq``);
+for EfficientSAM, which has no generator, the straightforward grid generator over the official
+model (``tests/grid_generators.py``).
+
     python3 tools/bench.py ../shared/images/dog.jpg ../shared/images/groceries.jpg
     python3 tools/bench.py ../shared/images/picture1.jpg --config crops --json out.json
     python3 tools/bench.py IMG --config fast --reference-config default   # fast preset vs ref defaults
+    python3 tools/bench.py IMG --model sam_hq_vit_tiny --set points_per_side=16
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amg import AMGConfig, MaskGenerator  # noqa: E402
 from amg.io import load_image  # noqa: E402
 from sam_model import load_model  # noqa: E402
-from tools.common import make_reference_generator, parse_overrides, reference_params  # noqa: E402
+from tools.common import (lowered_filters, make_reference_generator, parse_overrides,  # noqa: E402
+                          random_weight_pair, reference_params)
 
 
 def reset_peak_rss() -> bool:
@@ -95,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-reference", action="store_true", help="time ours only")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="mobile_sam",
+                   help="mobile_sam (real weights, default), or a SAM-HQ / EfficientSAM name "
+                        "(random seeded weights in ours and the reference)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
 
@@ -104,15 +118,31 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.set)
     except ValueError as e:
         p.error(str(e))
+    random_weights = args.model != "mobile_sam"
+    if random_weights:
+        overrides = {**lowered_filters(args.model), **overrides}
     ours_cfg = AMGConfig.from_preset(args.config, **overrides).replace(output_mode="coco_rle")
     ref_cfg = AMGConfig.from_preset(args.reference_config or args.config, **overrides)
-    model = load_model("mobile_sam", device=args.device)
+    ref_generate = None
+    if random_weights:
+        try:
+            pair = random_weight_pair(args.model, ref_cfg, args.seed, args.device)
+        except (KeyError, ImportError, ValueError) as e:
+            p.error(f"--model {args.model}: {e}")
+        model, ref_generate = pair.ours, pair.reference
+        print(f"{args.model}: random weights (seed {args.seed}) in ours and the reference "
+              f"({pair.description})")
+    else:
+        model = load_model("mobile_sam", device=args.device)
+        ref = None if args.no_reference else reference_generator(ref_cfg, args.device)
+        ref_generate = None if ref is None else ref.generate
+        if ref is None and not args.no_reference:
+            print("note: the reference (mobilesam-lite, test extra) is not installed; timing ours only")
+    if args.no_reference:
+        ref_generate = None
     ours = MaskGenerator(model, ours_cfg)
     extra = {name: MaskGenerator(model, AMGConfig.from_preset(name, **overrides).replace(
         output_mode="coco_rle")) for name in args.also}
-    ref = None if args.no_reference else reference_generator(ref_cfg, args.device)
-    if ref is None and not args.no_reference:
-        print("note: the reference (mobilesam-lite, test extra) is not installed; timing ours only")
 
     rows = []
     for path in args.images:
@@ -120,15 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         row = {"image": path.name, "size": f"{image.shape[1]}x{image.shape[0]}"}
         our_masks, row["ours_s"], row["ours_peak_mb"] = timed(ours.generate, image)
         row["ours_masks"] = len(our_masks)
-        if ref is not None:
-            ref_masks, row["ref_s"], row["ref_peak_mb"] = timed(ref.generate, image)
+        if ref_generate is not None:
+            ref_masks, row["ref_s"], row["ref_peak_mb"] = timed(ref_generate, image)
             row["ref_masks"] = len(ref_masks)
             row["speedup"] = row["ref_s"] / row["ours_s"]
             row["ref_matched"], row["ours_matched"] = match_fractions(ref_masks, our_masks)
         for name, gen in extra.items():
             masks, row[f"{name}_s"], row[f"{name}_peak_mb"] = timed(gen.generate, image)
             row[f"{name}_masks"] = len(masks)
-            if ref is not None:
+            if ref_generate is not None:
                 row[f"{name}_speedup"] = row["ref_s"] / row[f"{name}_s"]
                 row[f"{name}_ref_matched"], row[f"{name}_matched"] = match_fractions(ref_masks, masks)
         row["load_avg_1min"] = os.getloadavg()[0]  # other work on the machine skews timings
@@ -142,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{name}_ref_matched", f"{name}_matched"]
     header.append("load_avg_1min")
     print()
-    print(f"ours: {args.config}{' ' + str(overrides) if overrides else ''}; reference: "
+    print(f"model {args.model}; ours: {args.config}{' ' + str(overrides) if overrides else ''}; reference: "
           f"{args.reference_config or args.config}; threads {torch.get_num_threads()}; "
           f"device {args.device}")
     print("| " + " | ".join(header) + " |")
@@ -156,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(r["ours_s"] for r in rows)
     print(f"ours: {len(rows) / total:.3f} images/s over {len(rows)} image(s)")
     if args.json:
-        args.json.write_text(json.dumps({"config": args.config, "overrides": overrides,
+        args.json.write_text(json.dumps({"model": args.model, "seed": args.seed,
+                                         "config": args.config, "overrides": overrides,
                                          "threads": torch.get_num_threads(), "rows": rows}, indent=1))
     return 0
 
