@@ -57,17 +57,17 @@ def test_hq_token_only_refused_by_families_without_it(name):
 
 
 def test_hq_token_only_reaches_the_sam_hq_decoder(monkeypatch):
-    from sam_model import sam_hq
+    from sam_model.factored_hq_decoder import FactoredHQPointDecoder
     torch.manual_seed(0)
     model = build_model("sam_hq_vit_tiny")
     assert "hq_token_only" in model.decoder_options()
     seen = []
-    decode = sam_hq.HQPointDecoder.decode
+    decode = FactoredHQPointDecoder.decode
 
     def spy(self, *args, **kwargs):
         seen.append(self.hq_token_only)
         return decode(self, *args, **kwargs)
-    monkeypatch.setattr(sam_hq.HQPointDecoder, "decode", spy)
+    monkeypatch.setattr(FactoredHQPointDecoder, "decode", spy)
     image = np.ascontiguousarray(read_photo("dog.jpg")[::8, ::8])
     for flag in (False, True):
         MaskGenerator(model, points_per_side=2, hq_token_only=flag).generate(image)
