@@ -71,6 +71,10 @@ class AMGConfig:
         min_mask_region_area: disconnected regions and holes below this many pixels are
             removed (0 disables; uses OpenCV).
         output_mode: ``binary_mask``, ``uncompressed_rle`` or ``coco_rle``.
+        hq_token_only: the HQ token's mask alone instead of the SAM mask plus the HQ mask. A
+            SAM-HQ point-decoder option (other families refuse it): ``None`` (default) is the
+            family's (False, as the reference SAM-HQ ``SamAutomaticMaskGenerator``, whose
+            predictor call keeps ``predict_torch``'s default).
         decoder_chunk_size: prompts per mask-decoder call inside a batch (at most
             :data:`MAX_DECODER_CHUNK_SIZE`); an internal
             cache-size knob that does not change the output (in float32; in bfloat16 at most
@@ -152,6 +156,8 @@ class AMGConfig:
         0, "remove disconnected regions and holes below this many pixels (0: off)")
     output_mode: str = _param("binary_mask", "segmentation encoding of the records",
                               choices=OUTPUT_MODES, flag=False)
+    hq_token_only: bool | None = _param(
+        None, "SAM-HQ: the HQ token's mask alone, not SAM mask + HQ mask", default_text="false")
     decoder_chunk_size: int | None = _param(
         None, "prompts per mask-decoder call inside a batch, at most 256 (speed, not the output)",
         default_text="4 in float32, 8 in bfloat16")
@@ -266,7 +272,8 @@ class AMGConfig:
                  "reserve_pred_iou_thresh / reserve_stability_score_thresh")
         need(_is_num(self.island_area_frac) and 0.0 <= self.island_area_frac < 1.0,
              f"island_area_frac must be in [0, 1), got {self.island_area_frac!r}")
-        need(isinstance(self.fill_holes, bool), f"fill_holes must be true or false, got {self.fill_holes!r}")
+        need(isinstance(self.fill_holes, bool),
+             f"fill_holes must be true or false, got {self.fill_holes!r}")
         need(self.compute_dtype in COMPUTE_DTYPES,
              f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         need(self.output_mode in OUTPUT_MODES,
@@ -274,7 +281,7 @@ class AMGConfig:
         need(self.mask_threshold is None or (_is_num(self.mask_threshold)
                                              and bool(np.isfinite(self.mask_threshold))),
              f"mask_threshold must be a finite number (or None), got {self.mask_threshold!r}")
-        for name in ("multimask_output", "use_m2m"):
+        for name in ("multimask_output", "use_m2m", "hq_token_only"):
             v = getattr(self, name)
             need(v is None or isinstance(v, bool), f"{name} must be true or false, got {v!r}")
 
@@ -339,7 +346,7 @@ PARAMETER_NAMES = tuple(f.name for f in dataclasses.fields(AMGConfig))
 #: SAM's; SAM 2.1: ``SAM2AutomaticMaskGenerator`` (sam2 1.1.0).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "sam": {"pred_iou_thresh": 0.88},
-    "sam_hq": {"pred_iou_thresh": 0.88},
+    "sam_hq": {"pred_iou_thresh": 0.88, "hq_token_only": False},
     "efficient_sam": {"pred_iou_thresh": 0.88},
     "sam2": {"pred_iou_thresh": 0.8, "multimask_output": True, "use_m2m": False},
 }

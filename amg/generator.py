@@ -26,7 +26,6 @@ profiler run (``tools/profile_stages.py``) splits the time by stage.
 
 from __future__ import annotations
 
-import inspect
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +56,7 @@ EDGE_STRIP_MAX_TOKEN_FRAC = 0.35
 #: passed only when set (not ``None``): the multimask choice and the mask-to-mask pass stay
 #: inside the family.
 DECODER_OPTIONS = {"decoder_chunk_size": "chunk_size", "multimask_output": "multimask_output",
-                   "use_m2m": "use_m2m"}
+                   "use_m2m": "use_m2m", "hq_token_only": "hq_token_only"}
 
 
 def decoder_options(cfg: AMGConfig, model: Any) -> dict[str, Any]:
@@ -67,16 +66,12 @@ def decoder_options(cfg: AMGConfig, model: Any) -> dict[str, Any]:
         ConfigError: the model's point decoder has no such option (names the field and the
             model), e.g. ``use_m2m`` with a SAM v1 model.
     """
-    accepted = inspect.signature(model.point_decoder).parameters
-    options = {}
-    for name, option in DECODER_OPTIONS.items():
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        if option not in accepted:
-            raise ConfigError(f"{name} is not an option of {model.name} "
-                              f"({type(model).__name__} point decoder)")
-        options[option] = value
+    options = {option: getattr(cfg, name) for name, option in DECODER_OPTIONS.items()
+               if getattr(cfg, name) is not None}
+    try:
+        model.check_decoder_options(options)
+    except ValueError as exc:  # sam_model.DecoderOptionError
+        raise ConfigError(str(exc)) from exc
     return options
 
 

@@ -4,16 +4,22 @@ binary mask and its RLE (an exact rewrite of the reference's full-size post-proc
 The reference upscales every low-resolution logit map bilinearly to the padded model input
 (256 -> 1024), crops the padding, and resizes bilinearly to the image (``postprocess_masks``),
 then counts pixels above ``+offset`` and ``-offset`` (stability score) and above 0 (the mask).
-Bilinear resampling is separable and linear, so the whole chain is ``A_y @ L @ A_x^T`` with two
-small matrices (image rows x low-res rows, image columns x low-res columns), each row a convex
-combination (non-negative weights summing to 1) of at most four low-res values.
+Resampling is separable and linear, so the whole chain is ``A_y @ L @ A_x^T`` with two small
+matrices (image rows x low-res rows, image columns x low-res columns) whose rows sum to 1.
 
-Hence an output pixel all of whose taps hold logits <= -offset is itself <= -offset: it counts
-in neither count and is not in the mask. Only the image region reached by low-res pixels above
-``-offset`` (minus a 1e-4 float margin) is computed, with the full tap support of that region,
-so every value computed equals the full computation up to float rounding, and every value not
-computed is known to be below every threshold. Work and memory scale with the mask's extent,
-not with the image.
+Bilinear rows are convex combinations (non-negative weights), so an output pixel all of whose
+taps hold logits <= t = threshold - offset is itself <= t: it counts in neither count and is
+not in the mask. Rows with negative weights (EfficientSAM's bicubic post-processing) can
+overshoot their taps: with per-row negative weight mass at most ``Ny`` (rows) and ``Nx``
+(columns), an output pixel has positive weight mass ``P = Py Px + Ny Nx`` and negative mass
+``N = Py Nx + Ny Px`` (``Py = 1 + Ny``, ``Px = 1 + Nx``, ``P - N = 1``), so with every tap
+<= t - m and the map's minimum ``L_min`` the output is <= ``P (t - m) - N L_min``, which is
+<= t whenever ``m >= (N / P) (t - L_min)``. A low-res pixel is *active* when it is above
+``t - m`` with ``m = rho * max(0, t - L_min) + 1e-4`` (``rho = N / P``, 0 for bilinear; 1e-4 a
+float margin). Only the image region reached by active low-res pixels is computed, with the
+full tap support of that region, so every value computed equals the full computation up to
+float rounding, and every value not computed is known to be below every threshold. Work and
+memory scale with the mask's extent, not with the image.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ class RegionUpscaler:
         low_hw: (h, w) of the low-resolution logits given (the decoded token region x 4).
         ay, ax: (H, n_low) and (W, n_low) float64 resampling matrices of the model's mask
             post-processing (``model.low_res_to_image(embedding)``): the crop-size logits are
-            ``ay @ low_res @ ax.T``; each row a convex combination of low-res values.
+            ``ay @ low_res @ ax.T``; rows sum to 1 and may have negative weights (bicubic).
         device: where the matrices live.
 
     Raises:
@@ -76,6 +82,15 @@ class RegionUpscaler:
         self.c_lo, self.c_hi = _support(ax)
         self.ax_bands = BandedRows(self.ax, self.c_lo, self.c_hi)
         self.ay_bands = BandedRows(self.ay, self.r_lo, self.r_hi)
+        self.overshoot = overshoot_ratio(ay, ax)
+
+    def active_margin(self, low: torch.Tensor, floor: float) -> float:
+        """How far below ``floor`` (threshold - offset) a low-res logit of ``low`` must be to
+        be known to leave every output pixel it reaches <= ``floor`` (module docstring):
+        ``ACTIVE_MARGIN`` for convex rows, plus ``rho * (floor - min(low))`` otherwise."""
+        if self.overshoot == 0.0:
+            return ACTIVE_MARGIN
+        return ACTIVE_MARGIN + self.overshoot * max(0.0, floor - float(low.min()))
 
     @staticmethod
     def needed_low_res(ay: np.ndarray, ax: np.ndarray) -> tuple[int, int]:
@@ -85,7 +100,8 @@ class RegionUpscaler:
 
     def upscale(self, low: torch.Tensor, threshold: float, offset: float) -> UpscaledMask:
         """Stability score and binary mask region of one low-res logit map ``low`` (h, w)."""
-        active = low > threshold - offset - ACTIVE_MARGIN
+        floor = threshold - offset
+        active = low > floor - self.active_margin(low, floor)
         rows = active.any(1).nonzero()
         if len(rows) == 0:
             return UpscaledMask(float("nan"), torch.zeros(0, 0, dtype=torch.bool, device=low.device), 0, 0)
@@ -202,6 +218,18 @@ class BandedRows:
         out = torch.bmm(self.blocks[b0:b1], x[idx])  # (blocks, BAND_BLOCK, n)
         first = o0 - b0 * BAND_BLOCK
         return out.view(-1, x.shape[1])[first:first + o1 - o0]
+
+
+def overshoot_ratio(ay: np.ndarray, ax: np.ndarray) -> float:
+    """``rho = N / P`` of the module docstring for separable resampling ``ay @ L @ ax.T``:
+    the largest share of negative to positive weight mass of any output pixel (0.0 when both
+    matrices have no negative weight, as bilinear). ``ay`` (H, n), ``ax`` (W, n) float64."""
+    ny = float(np.maximum(-ay, 0).sum(1).max()) if ay.size else 0.0
+    nx = float(np.maximum(-ax, 0).sum(1).max()) if ax.size else 0.0
+    if ny == 0.0 and nx == 0.0:
+        return 0.0
+    py, px = 1.0 + ny, 1.0 + nx
+    return (py * nx + ny * px) / (py * px + ny * nx)
 
 
 def _reach(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,8 @@ from .configs import (EFFICIENT_SAM_CONFIGS, MODEL_CONFIGS, SAM_HQ_CONFIGS, Effi
                       SamConfig, SamHQConfig)
 from .efficient_sam import (EfficientSam, EfficientSamEmbedding, build_efficient_sam,
                             load_efficient_sam)
+from .family_model import DecoderOptionError
+from .model_table import ModelEntry, model_table
 from .point_decoder import DecodedMasks, PlainPointDecoder, PointDecoder, RejectWindow
 from .sam import (COMPUTE_DTYPE_NAMES, ImageEmbedding, Sam, check_rgb_image, has_native_bfloat16,
                   resolve_compute_dtype)
@@ -104,7 +106,7 @@ __all__ = ["Model", "Sam", "SamConfig", "ImageEmbedding", "MODEL_CONFIGS", "KNOW
            "Sam2", "Sam2Config", "Sam2ImageEmbedding", "SAM2_CONFIGS", "load_sam2",
            "EfficientSam", "EfficientSamConfig", "EfficientSamEmbedding", "EFFICIENT_SAM_CONFIGS",
            "build_efficient_sam", "load_efficient_sam",
-           "CheckpointError", "CheckpointMismatch", "build_model", "load_model", "model_names",
+           "CheckpointError", "CheckpointMismatch", "DecoderOptionError", "ModelEntry", "model_table", "build_model", "load_model", "model_names",
            "fetch_checkpoint", "detect_architecture", "DecodedMasks", "RejectWindow",
            "PointDecoder", "PlainPointDecoder", "COMPUTE_DTYPE_NAMES", "check_rgb_image",
            "has_native_bfloat16", "resolve_compute_dtype"]

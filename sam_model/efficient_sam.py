@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .family_model import FamilyModel
+from .family_model import FamilyModel, checks_decoder_options
 from .checkpoints import (EFFICIENT_SAM_CHECKPOINTS, CheckpointMismatch, check_state_dict,
                           describe_efficient_sam_architecture, detect_efficient_sam_architecture,
                           fetch_checkpoint, read_efficient_sam_state_dict)
@@ -42,6 +42,7 @@ from .efficient_sam_mask_decoder import EfficientSamMaskDecoder
 from .efficient_sam_prompt_encoder import (LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT,
                                            LABEL_FOREGROUND, EfficientSamPromptEncoder,
                                            pad_points)
+from .factored_decoder import FactoredGridDecoder, FactoredPointDecoder
 from .plain_vit import PlainViTImageEncoder
 from .point_decoder import DecodedMasks, RejectWindow
 from .resampling import bicubic_matrix
@@ -239,27 +240,53 @@ class EfficientSam(FamilyModel):
         h, w = emb.original_hw
         return bicubic_matrix(n_low[0], h), bicubic_matrix(n_low[1], w)
 
+    @checks_decoder_options
     def point_decoder(self, emb: EfficientSamEmbedding, compute_dtype: torch.dtype = torch.float32,
                       low_res_hw: tuple[int, int] | None = None, *, plain: bool = False,
-                      multimask_output: bool = True) -> "EfficientSamPointDecoder":
+                      multimask_output: bool = True, chunk_size: int | None = None
+                      ) -> "EfficientSamPointDecoder | FactoredPointDecoder":
         """The decoder of single foreground-point prompts for one embedding (the seam).
 
         Args:
             emb: from :meth:`encode_image`.
             compute_dtype: ``torch.float32`` (the reference's computation) or
-                ``torch.bfloat16`` (the mask decoder under ``torch.autocast``, an approximation;
-                prompt tokens stay float32; outputs float32).
+                ``torch.bfloat16`` (an approximation; outputs float32): the fast decoder's
+                per-prompt work in bfloat16, or the plain mask decoder under ``torch.autocast``.
             low_res_hw: (h, w) part of the 256 x 256 low-res map to return (top-left), default
-                the whole map (the image fills the whole model input).
-            plain: accepted for the seam; EfficientSAM has only the plain decoder.
+                the whole map (the image fills the whole model input); the fast decoder rounds
+                it up to whole image tokens (4 low-res pixels each).
+            plain: the prompt encoder + mask decoder forward per prompt
+                (:class:`EfficientSamPointDecoder`) instead of the exact fast rewrite
+                (:class:`~sam_model.factored_decoder.FactoredPointDecoder`: image tokens in
+                factored form, the predicted-IoU filter before any mask, reject windows from
+                their tokens alone). Single-mask output always uses the plain decoder.
             multimask_output: the three multimask outputs (default, as the SAM generator) or
                 the single mask.
+            chunk_size: prompts per fast-decoder pass (speed only); default 4 in float32, 8 in
+                bfloat16.
 
         Raises:
             ValueError: bad ``compute_dtype``, or ``low_res_hw`` outside the low-res map.
         """
-        del plain  # one implementation: the plain forward
-        return EfficientSamPointDecoder(self, emb, compute_dtype, low_res_hw, multimask_output)
+        if plain or not multimask_output:
+            return EfficientSamPointDecoder(self, emb, compute_dtype, low_res_hw, multimask_output)
+        check_compute_dtype(compute_dtype)
+        gh, gw = emb.grid_hw
+        nh, nw = low_res_hw or (4 * gh, 4 * gw)
+        if not (0 < nh <= 4 * gh and 0 < nw <= 4 * gw):
+            raise ValueError(f"low_res_hw {(nh, nw)} is outside the {(4 * gh, 4 * gw)} low-res map")
+        token_hw = (min(-(-nh // 4), gh), min(-(-nw // 4), gw))
+        with torch.no_grad():
+            fast = FactoredGridDecoder(self.mask_decoder, dtype=compute_dtype)
+            # EfficientSAM adds no dense prompt to the image embedding.
+            ctx = fast.prepare(emb.embedding, self.dense_pe(emb), torch.zeros_like(emb.embedding))
+
+        def sparse_fn(points_xy: torch.Tensor) -> torch.Tensor:
+            labels = torch.full((len(points_xy), 1), LABEL_FOREGROUND, dtype=torch.int64,
+                                device=self.device)
+            return self.prompt_tokens(emb, points_xy.to(self.device)[:, None, :], labels)
+        chunk = chunk_size or (4 if compute_dtype == torch.float32 else 8)
+        return FactoredPointDecoder(fast, ctx, sparse_fn, token_hw, chunk)
 
 
 class EfficientSamPointDecoder:
@@ -321,6 +348,8 @@ class EfficientSamPointDecoder:
             index = index[iou > iou_thresh]
         per_token = low.shape[-2] // self.emb.grid_hw[0], low.shape[-1] // self.emb.grid_hw[1]
         for window in reject:
+            if len(index) == 0:
+                break
             y0, y1, x0, x1 = window.token_box
             logits = low[index, per_token[0] * y0:per_token[0] * y1,
                          per_token[1] * x0:per_token[1] * x1]

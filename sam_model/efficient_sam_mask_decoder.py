@@ -70,9 +70,18 @@ class EfficientSamMaskDecoder(nn.Module):
             tokens (B, 1 + 4 + Np, C) and image tokens (B, h*w, C), float32.
         """
         b = sparse.shape[0]
-        out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], 0)
-        tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], 1)
+        tokens = torch.cat([self.output_tokens()[None].expand(b, -1, -1), sparse], 1)
         return self.transformer(image_embedding, image_pe, tokens)
+
+    def output_tokens(self) -> torch.Tensor:
+        """The learned output tokens put before the prompt tokens: (1 + 4, C) float32, the
+        IoU token then the four mask tokens."""
+        return torch.cat([self.iou_token.weight, self.mask_tokens.weight], 0)
+
+    def hypernetwork_weights(self, tokens: torch.Tensor, mask_index: list[int]) -> torch.Tensor:
+        """Per-mask weights: (B, len(mask_index), 32) from the chosen mask tokens."""
+        return torch.stack([self.output_hypernetworks_mlps[i](tokens[:, 1 + i])
+                            for i in mask_index], 1)
 
     def predict_iou(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens``: (B, Nt, C) transformer output -> predicted IoU (B, 4) float32, all tokens."""
@@ -101,8 +110,7 @@ class EfficientSamMaskDecoder(nn.Module):
         """
         up = self.upscale(image_tokens, grid_hw)
         b, c, h, w = up.shape
-        weights = torch.stack([self.output_hypernetworks_mlps[i](tokens[:, 1 + i])
-                               for i in mask_index], 1)  # (B, M, 32)
+        weights = self.hypernetwork_weights(tokens, mask_index)  # (B, M, 32)
         return (weights @ up.reshape(b, c, h * w)).reshape(b, -1, h, w)
 
     def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,

@@ -39,11 +39,17 @@ terms evaluated in float32; the tests hold it to the plain decoder within 1e-4 o
 weights and photos.
 
 Reference semantics: ``MaskDecoder.forward`` with ``multimask_output`` over single-point
-prompts and the "no mask" dense embedding. The same rewrite serves SAM 2's mask decoder
-(:class:`~sam_model.sam2_mask_decoder.Sam2MaskDecoder`: the same two-way transformer and
-upscaling, an object-score token ahead of the IoU token, and high-resolution skip features
-added after each transposed convolution, which are per-image biases of the upscaling here:
-:meth:`FactoredGridDecoder.prepare` with ``high_res_features``).
+prompts and the "no mask" dense embedding. The same rewrite serves the SAM-like decoders of
+the other families: SAM 2's (:class:`~sam_model.sam2_mask_decoder.Sam2MaskDecoder`: the same
+two-way transformer and upscaling, an object-score token ahead of the IoU token, and
+high-resolution skip features added after each transposed convolution, which are per-image
+biases of the upscaling here: :meth:`FactoredGridDecoder.prepare` with ``high_res_features``),
+HQ-SAM's (one more output token, the HQ token; :mod:`sam_model.factored_hq_decoder` adds the
+HQ mask) and EfficientSAM's (no dense prompt; its blocks' token self-attention,
+``token_self_attention``; and ``GroupNorm(1, C)`` in the output upscaling, whose statistics
+over the whole map are taken from the first transposed convolution of every token,
+:meth:`FactoredGridDecoder.norm_stats`). Every decoder gives its output tokens by
+``output_tokens()``.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 from torch.profiler import record_function
 
@@ -227,10 +234,11 @@ class FactoredGridDecoder:
     :meth:`predict_iou`, :meth:`mask_inputs` and :meth:`predict_mask_logits`.
 
     Args:
-        decoder: the model's :class:`MaskDecoder`, or SAM 2's
-            :class:`~sam_model.sam2_mask_decoder.Sam2MaskDecoder` (weights are read, not
-            copied, in float32): its ``transformer``, ``output_upscaling``,
-            ``output_token_weights``, ``predict_iou`` and ``hypernetwork_weights``.
+        decoder: the model's :class:`MaskDecoder` (weights are read, not copied, in float32),
+            or a decoder of the same design: SAM 2's
+            :class:`~sam_model.sam2_mask_decoder.Sam2MaskDecoder`, HQ-SAM's
+            :class:`~sam_model.hq_mask_decoder.HQMaskDecoder`, EfficientSAM's
+            :class:`~sam_model.efficient_sam_mask_decoder.EfficientSamMaskDecoder`.
         dtype: arithmetic of the per-prompt work. ``torch.float32`` (default) is the exact
             rewrite. ``torch.bfloat16`` is an approximation for fast presets (not the
             reference's numbers): the per-image terms are computed in float32 by
@@ -242,8 +250,8 @@ class FactoredGridDecoder:
             return float32 either way.
 
     Raises:
-        ValueError: the two-way transformer has no block, or ``dtype`` is neither float32
-            nor bfloat16.
+        ValueError: the two-way transformer has no block, the output upscaling is not two
+            transposed convolutions, or ``dtype`` is neither float32 nor bfloat16.
     """
 
     def __init__(self, decoder: MaskDecoder, dtype: torch.dtype = torch.float32) -> None:
@@ -261,8 +269,16 @@ class FactoredGridDecoder:
         self._orders: dict[tuple[int, int, str], torch.Tensor] = {}
         self._local = threading.local()  # per thread: its workspaces (see _workspace)
         self.heads = t.final_attn_token_to_image.num_heads
-        up = decoder.output_upscaling
-        ct1, ln, ct2 = up[0], up[1], up[3]
+        if hasattr(decoder, "output_upscaling"):  # SAM, HQ-SAM: ConvT, LayerNorm2d, GELU, ConvT, GELU
+            up = decoder.output_upscaling
+            ct1, ln, ct2 = up[0], up[1], up[3]
+        else:  # EfficientSAM: [ConvT, GroupNorm(1, C), GELU], [ConvT, Identity, GELU]
+            stages = decoder.final_output_upscaling_layers
+            if len(stages) != 2:
+                raise ValueError(f"FactoredGridDecoder needs two upscaling stages, got {len(stages)}")
+            ct1, ln, ct2 = stages[0][0], stages[0][1], stages[1][0]
+        # GroupNorm(1, C): statistics over the whole map (norm_stats); LayerNorm2d: per pixel.
+        self.group_norm = isinstance(ln, nn.GroupNorm)
         c1, c2 = ct1.out_channels, ct2.out_channels
         # (in, out, i, j) -> (in, [i, j, out]): output sub-pixel (i, j) outer, channel inner.
         self.w1 = ct1.weight.permute(0, 2, 3, 1).reshape(ct1.in_channels, 4 * c1).contiguous()
@@ -544,8 +560,8 @@ class FactoredGridDecoder:
                 computed only for these, the other positions are NaN. Default: all.
 
         Returns:
-            tokens (B, T + Np, C) (T output tokens: 5 in SAM, 6 in SAM 2) and the output image
-            tokens as :class:`FactoredImageTokens`
+            tokens (B, T + Np, C) (T output tokens, ``decoder.output_tokens()``: 5 in SAM, 6 in
+            SAM 2 and HQ-SAM) and the output image tokens as :class:`FactoredImageTokens`
             (``.materialize()`` gives ``MaskDecoder``'s (B, HW, C)), both in ``self.dtype``.
         """
         dec = self.dec
@@ -553,7 +569,7 @@ class FactoredGridDecoder:
         sparse = sparse.to(self.dtype)
         b = sparse.shape[0]
         h = self.heads
-        out_tokens = dec.output_token_weights()
+        out_tokens = dec.output_tokens()
         pe_tok = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], 1)
         nt = pe_tok.shape[1]
         hw, c = ctx.keys0.shape
@@ -586,10 +602,7 @@ class FactoredGridDecoder:
             return new_coef, new_rows
 
         def self_attention(blk, queries):
-            if blk.skip_first_layer_pe:
-                return blk.norm1(blk.self_attn(queries, queries, queries))
-            q = queries + pe_tok
-            return blk.norm1(queries + blk.self_attn(q, q, queries))
+            return blk.token_self_attention(queries, pe_tok)
 
         # First block: the image tokens are the shared embedding (scale 1, no rows).
         blk = t.layers[0]
@@ -644,7 +657,8 @@ class FactoredGridDecoder:
                             ctx: FactoredContext | None = None,
                             token_box: tuple[int, int, int, int] | None = None,
                             weights: torch.Tensor | None = None,
-                            rows_w1: torch.Tensor | None = None) -> torch.Tensor:
+                            rows_w1: torch.Tensor | None = None,
+                            norm_stats: torch.Tensor | None = None) -> torch.Tensor:
         """Low-resolution logits for the chosen mask tokens from factored image tokens.
 
         The first transposed convolution is linear per token, so on form (*) it is
@@ -662,7 +676,10 @@ class FactoredGridDecoder:
                 have kernel = stride), so these are the logits of low-res pixels
                 ``[4*y0, 4*y1) x [4*x0, 4*x1)`` of the full map.
             weights, rows_w1: :meth:`mask_inputs` of these tokens, when the caller decodes
-                several windows of the same prompts (computed here when None).
+                several windows of the same prompts (computed here when None). ``weights``
+                may also be any (B, M, c2) hypernetwork weights (one chosen token per prompt).
+            norm_stats: :meth:`norm_stats` of these tokens (GroupNorm upscaling only;
+                computed here when None).
 
         Returns:
             (B, M, 4*th, 4*tw) float32 logits (computed in ``self.dtype``); th, tw the
@@ -684,14 +701,17 @@ class FactoredGridDecoder:
         b = len(image_tokens)
         if weights is None or rows_w1 is None:
             weights, rows_w1 = self.mask_inputs(tokens, image_tokens, mask_index)
-        m = len(mask_index)
+        if self.group_norm and norm_stats is None:
+            norm_stats = self.norm_stats(image_tokens, ctx, rows_w1)
+        m = weights.shape[1]
         r = image_tokens.coef.shape[1]
         out = torch.empty(b, m, 4 * th, 4 * tw, dtype=weights.dtype, device=weights.device)
         base = ctx.conv1_base.view(gh, gw, -1)[y0:y1, x0:x1].reshape(th * tw, -1)
         b1, b2 = self._upscaling_biases(ctx, token_box)
         if th * tw <= BATCHED_WINDOW_TOKENS:
             return self._window_logits_batched(image_tokens, rows_w1, base, weights, token_box,
-                                               grid_hw, b1, b2).view(b, m, 4 * th, 4 * tw).float()
+                                               grid_hw, b1, b2, norm_stats
+                                               ).view(b, m, 4 * th, 4 * tw).float()
         for i in range(b):
             coef = image_tokens.coef[i].view(r, gh, gw)[:, y0:y1, x0:x1].reshape(r, th * tw)
             a = image_tokens.scale[i].view(gh, gw)[y0:y1, x0:x1].reshape(th * tw, 1)
@@ -699,8 +719,39 @@ class FactoredGridDecoder:
             f = torch.addcmul(b1, a, base, out=self._workspace("f1", th * tw, rows_w1.shape[2],
                                                                rows_w1))
             f.addmm_(coef.T, rows_w1[i])
-            self._logits_from_conv1(f, weights[i], th, tw, out[i], b2)
+            stats = None if norm_stats is None else norm_stats[i]
+            self._logits_from_conv1(f, weights[i], th, tw, out[i], b2, stats)
         return out.float()
+
+    def norm_stats(self, image_tokens: FactoredImageTokens, ctx: FactoredContext,
+                   rows_w1: torch.Tensor) -> torch.Tensor | None:
+        """GroupNorm(1, C) statistics of the first upscaling stage per prompt, over every
+        channel and pixel of the whole map (EfficientSAM): (B, 2) ``[mean, 1 / sqrt(var +
+        eps)]`` (biased variance, as ``nn.GroupNorm``), in ``self.dtype``; ``None`` for the
+        per-pixel LayerNorm2d of SAM and HQ-SAM, which needs no statistics.
+
+        Args:
+            image_tokens: B prompts. ctx: their image's context. rows_w1: (B, r, 4*c1)
+                :meth:`mask_inputs` rows times ``w1``.
+        """
+        if not self.group_norm:
+            return None
+        f = torch.baddbmm(torch.addcmul(self.b1, image_tokens.scale[..., None], ctx.conv1_base),
+                          image_tokens.coef.transpose(1, 2), rows_w1)  # (B, HW, 4*c1)
+        mean = f.mean((1, 2))
+        var = (f - mean[:, None, None]).square_().mean((1, 2))
+        return torch.stack([mean, torch.rsqrt(var + self.ln_eps)], 1)
+
+    def _upscale_norm(self, f: torch.Tensor, stats: torch.Tensor | None) -> torch.Tensor:
+        """The first upscaling stage's normalisation of ``f`` (..., n, c1): LayerNorm over
+        the c1 channels of each pixel, or with ``stats`` (2,) / (B, 2) (:meth:`norm_stats`,
+        one row per leading index of a 3-d ``f``) the GroupNorm with those statistics; then
+        the per-channel affine."""
+        if stats is None:
+            return F.layer_norm(f, (self.c1,), self.ln_w, self.ln_b, self.ln_eps)
+        if f.ndim == 3:
+            stats = stats[:, None, None, :]
+        return torch.addcmul(self.ln_b, (f - stats[..., 0]) * stats[..., 1], self.ln_w)
 
     def _tokens_to_shared_image(self, attn: DecoderAttention, q_in: torch.Tensor,
                                 ctx: FactoredContext) -> torch.Tensor:
@@ -722,9 +773,11 @@ class FactoredGridDecoder:
         return (m + attn.out_proj.bias / h).reshape(b, h * nt, -1)
 
     def _logits_from_conv1(self, f: torch.Tensor, weights: torch.Tensor, th: int, tw: int,
-                           out: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+                           out: torch.Tensor, b2: torch.Tensor,
+                           stats: torch.Tensor | None = None) -> torch.Tensor:
         """Rest of the output upscaling for one prompt, from the first transposed convolution's
-        output ``f`` (th*tw, 4*c1) (token-major, sub-pixel (i, j), channel): LayerNorm2d, GELU,
+        output ``f`` (th*tw, 4*c1) (token-major, sub-pixel (i, j), channel): LayerNorm2d (or
+        GroupNorm with ``stats``, :meth:`_upscale_norm`), GELU,
         second transposed convolution, GELU, then the dot product of every upscaled pixel's
         c2 features with the hypernetwork ``weights`` (M, c2); written into ``out``
         (M, 4*th, 4*tw) in row-major pixel order. ``b2``: the second convolution's bias,
@@ -736,7 +789,7 @@ class FactoredGridDecoder:
         2-core CPU; bfloat16 0.14 vs 0.16 ms)."""
         m = weights.shape[0]
         n = 4 * f.shape[0]
-        g = F.layer_norm(f.view(-1, self.c1), (self.c1,), self.ln_w, self.ln_b, self.ln_eps)
+        g = self._upscale_norm(f.view(-1, self.c1), stats)
         torch.ops.aten.gelu_(g)  # in place: the same values as F.gelu, no new buffer
         f2 = torch.addmm(b2, g, self.w2, out=self._workspace("f2", n, 4 * self.c2, g))
         torch.ops.aten.gelu_(f2)  # (th*tw*4, 4*c2)
@@ -805,7 +858,8 @@ class FactoredGridDecoder:
     def _window_logits_batched(self, image_tokens: FactoredImageTokens, rows_w1: torch.Tensor,
                                base: torch.Tensor, weights: torch.Tensor,
                                token_box: tuple[int, int, int, int], grid_hw: tuple[int, int],
-                               b1: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+                               b1: torch.Tensor, b2: torch.Tensor,
+                               norm_stats: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`predict_mask_logits` of a small token window for all prompts at once (a few
         large operations instead of ~9 small ones per prompt: the crop-edge strips).
 
@@ -826,7 +880,10 @@ class FactoredGridDecoder:
         coef = image_tokens.coef.view(b, r, gh, gw)[:, :, y0:y1, x0:x1].reshape(b, r, th * tw)
         a = image_tokens.scale.view(b, gh, gw)[:, y0:y1, x0:x1].reshape(b, th * tw, 1)
         f = torch.baddbmm(torch.addcmul(b1, a, base), coef.transpose(1, 2), rows_w1)
-        g = F.layer_norm(f.view(-1, self.c1), (self.c1,), self.ln_w, self.ln_b, self.ln_eps)
+        if norm_stats is None:
+            g = self._upscale_norm(f.view(-1, self.c1), None)
+        else:
+            g = self._upscale_norm(f.view(b, -1, self.c1), norm_stats).view(-1, self.c1)
         torch.ops.aten.gelu_(g)
         if b2.ndim == 2:  # per-row biases (skip features): the same for every prompt
             b2 = b2.repeat(b, 1)
@@ -835,9 +892,59 @@ class FactoredGridDecoder:
         res = torch.bmm(f2.view(b, -1, self.c2), weights.transpose(1, 2))  # (B, 16n, M)
         return res.view(b, -1)[:, self._logit_order(th, tw, m, res.device)]
 
+    def upscaled_features(self, image_tokens: FactoredImageTokens, ctx: FactoredContext,
+                          token_box: tuple[int, int, int, int], rows_w1: torch.Tensor,
+                          norm_stats: torch.Tensor | None = None) -> torch.Tensor:
+        """The output upscaling's features (``MaskDecoder.upscale``) of a token window, for
+        decoders that use them beyond the hypernetwork dot products (HQ-SAM's HQ mask).
+
+        Args:
+            image_tokens: B prompts. ctx: their image's context.
+            token_box: ``(y0, y1, x0, x1)`` tokens inside the grid.
+            rows_w1: (B, r, 4*c1) :meth:`mask_inputs` rows times ``w1``.
+            norm_stats: :meth:`norm_stats` (GroupNorm upscaling only; computed when None).
+
+        Returns:
+            (B, 4*th, 4*tw, c2) features in ``self.dtype``, channels last, low-res pixels
+            ``[4*y0, 4*y1) x [4*x0, 4*x1)`` in row-major order (each depends on its token
+            alone: both transposed convolutions have kernel = stride).
+        """
+        gh, gw = ctx.grid_hw
+        y0, y1, x0, x1 = token_box
+        th, tw = y1 - y0, x1 - x0
+        b, r = image_tokens.coef.shape[:2]
+        if self.group_norm and norm_stats is None:
+            norm_stats = self.norm_stats(image_tokens, ctx, rows_w1)
+        base = ctx.conv1_base.view(gh, gw, -1)[y0:y1, x0:x1].reshape(th * tw, -1)
+        coef = image_tokens.coef.view(b, r, gh, gw)[:, :, y0:y1, x0:x1].reshape(b, r, th * tw)
+        a = image_tokens.scale.view(b, gh, gw)[:, y0:y1, x0:x1].reshape(b, th * tw, 1)
+        b1, b2 = self._upscaling_biases(ctx, token_box)
+        f = torch.baddbmm(torch.addcmul(b1, a, base), coef.transpose(1, 2), rows_w1)
+        g = self._upscale_norm(f.view(b, -1, self.c1), norm_stats).view(-1, self.c1)
+        torch.ops.aten.gelu_(g)
+        if b2.ndim == 2:  # per-row biases (skip features): the same for every prompt
+            b2 = b2.repeat(b, 1)
+        f2 = torch.addmm(b2, g, self.w2)  # (B*n*4, 4*c2), products' pixel order
+        torch.ops.aten.gelu_(f2)
+        feats = f2.view(b, -1, self.c2)[:, self._pixel_order(th, tw, f2.device)]
+        return feats.view(b, 4 * th, 4 * tw, self.c2)
+
     def predict_iou(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, Nt, C) tokens -> predicted IoU (B, 4) float32 for all mask tokens."""
         return self.dec.predict_iou(tokens).float()
+
+
+def check_points_xy(points_xy, device: torch.device) -> torch.Tensor:
+    """The seam's prompt points as a (B, 2) float64 tensor on ``device`` (xy pixels; numpy
+    arrays are accepted).
+
+    Raises:
+        ValueError: not of shape (B, 2).
+    """
+    pts = torch.as_tensor(points_xy, dtype=torch.float64, device=device)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"points_xy must be (B, 2) xy, got shape {tuple(pts.shape)}")
+    return pts
 
 
 # Output tokens of the multimask outputs, and those read after the transformer: the IoU token
@@ -847,7 +954,7 @@ FINAL_TOKENS = [0] + [1 + i for i in MULTIMASK_TOKENS]
 
 
 class FactoredPointDecoder:
-    """SAM v1 / MobileSAM fast point decoder (the :mod:`sam_model.point_decoder` seam) over
+    """SAM v1 / MobileSAM / EfficientSAM fast point decoder (the :mod:`sam_model.point_decoder` seam) over
     :class:`FactoredGridDecoder`: multimask output (tokens 1-3), the predicted-IoU filter before
     any upscaling, and the reject windows decoded from their few tokens alone.
 
@@ -873,6 +980,7 @@ class FactoredPointDecoder:
         self.low_res_hw = (4 * token_hw[0], 4 * token_hw[1])
         self.chunk_size = chunk_size
 
+    @torch.inference_mode()
     def decode(self, points_xy: torch.Tensor, iou_thresh: float,
                reject: Sequence[RejectWindow] = ()) -> DecodedMasks:
         """See :meth:`sam_model.point_decoder.PointDecoder.decode`.
@@ -881,6 +989,7 @@ class FactoredPointDecoder:
         Returns low-res logits
         (K, 4*th, 4*tw) float32 (the top-left part of the reference's 256 x 256 map).
         """
+        points_xy = check_points_xy(points_xy, self.ctx.keys0.device)
         gd, ctx = self.decoder, self.ctx
         sparse = self.sparse_fn(points_xy)
         n = points_xy.shape[0]
@@ -898,6 +1007,7 @@ class FactoredPointDecoder:
             tok, img = tokens[rows], img_tokens[rows]
             with record_function("decoder.mask_logits"):
                 inputs = gd.mask_inputs(tok, img, MULTIMASK_TOKENS)  # shared by windows and maps
+                inputs = (*inputs, gd.norm_stats(img, ctx, inputs[1]))
                 if reject:
                     k = k & ~self._rejected(tok, img, inputs, reject, k)
                 live = k.any(1).nonzero().flatten()
@@ -905,10 +1015,11 @@ class FactoredPointDecoder:
                     continue
                 if len(live) < len(rows):
                     rows, k, tok, img = rows[live], k[live], tok[live], img[live]
-                    inputs = tuple(x[live] for x in inputs)
+                    inputs = tuple(None if x is None else x[live] for x in inputs)
             with record_function("decoder.mask_logits"):
                 low = gd.predict_mask_logits(tok, img, ctx.grid_hw, MULTIMASK_TOKENS, self.token_hw,
-                                             ctx, weights=inputs[0], rows_w1=inputs[1])  # (r, 3, 4th, 4tw)
+                                             ctx, weights=inputs[0], rows_w1=inputs[1],
+                                             norm_stats=inputs[2])  # (r, 3, 4th, 4tw)
             lows.append(low[k])
             ious.append(iou[rows][k])
             idxs.append((rows[:, None] + s).expand(-1, 3)[k])
@@ -919,7 +1030,8 @@ class FactoredPointDecoder:
     def _rejected(self, tokens: torch.Tensor, image_tokens: FactoredImageTokens, inputs: tuple,
                   windows: Sequence[RejectWindow], wanted: torch.Tensor) -> torch.Tensor:
         """(B, 3) bool: a reject window drops the multimask output, from the window's tokens
-        only. ``inputs`` is :meth:`FactoredGridDecoder.mask_inputs` of the B prompts;
+        only. ``inputs`` is :meth:`FactoredGridDecoder.mask_inputs` of the B prompts and their
+        :meth:`FactoredGridDecoder.norm_stats`;
         ``wanted`` (B, 3) bool marks the outputs that matter (the IoU survivors): a prompt
         whose wanted outputs are all dropped already is not decoded for the next windows (its
         other entries may then stay False)."""
@@ -928,10 +1040,12 @@ class FactoredPointDecoder:
         for win in windows:
             every = len(todo) == len(wanted)  # no copies then
             tok, img = (tokens, image_tokens) if every else (tokens[todo], image_tokens[todo])
-            weights, rows_w1 = inputs if every else (inputs[0][todo], inputs[1][todo])
+            weights, rows_w1, stats = inputs if every else \
+                tuple(None if x is None else x[todo] for x in inputs)
             low = self.decoder.predict_mask_logits(
                 tok, img, self.ctx.grid_hw, MULTIMASK_TOKENS, ctx=self.ctx,
-                token_box=win.token_box, weights=weights, rows_w1=rows_w1)  # (b, 3, h, w)
+                token_box=win.token_box, weights=weights, rows_w1=rows_w1,
+                norm_stats=stats)  # (b, 3, h, w)
             near[todo] |= win.reject(low.flatten(0, 1)).view(len(todo), -1)
             todo = (wanted & ~near).any(1).nonzero().flatten()
             if len(todo) == 0:

@@ -101,10 +101,13 @@ class HQMaskDecoder(MaskDecoder):
             tokens (B, 1 + 4 + 1 + Np, C) and image tokens (B, h*w, C), float32.
         """
         b = sparse.shape[0]
-        out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight,
-                                self.hf_token.weight], 0)
-        tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], 1)
+        tokens = torch.cat([self.output_tokens()[None].expand(b, -1, -1), sparse], 1)
         return self.transformer(image_embedding + dense, image_pe, tokens)
+
+    def output_tokens(self) -> torch.Tensor:
+        """The learned output tokens: (1 + 4 + 1, C) float32, the IoU token, SAM's four mask
+        tokens, then the HQ token (at :attr:`hq_token_index`)."""
+        return torch.cat([self.iou_token.weight, self.mask_tokens.weight, self.hf_token.weight], 0)
 
     def select_sam_output(self, tokens: torch.Tensor, multimask_output: bool
                           ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,9 +66,13 @@ class MaskDecoder(nn.Module):
             tokens (B, 1 + 4 + Np, C) and image tokens (B, h*w, C), float32.
         """
         b = sparse.shape[0]
-        out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], 0)
-        tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], 1)
+        tokens = torch.cat([self.output_tokens()[None].expand(b, -1, -1), sparse], 1)
         return self.transformer(image_embedding + dense, image_pe, tokens)
+
+    def output_tokens(self) -> torch.Tensor:
+        """The learned output tokens put before the prompt tokens: (1 + 4, C) float32, the
+        IoU token then the four mask tokens."""
+        return torch.cat([self.iou_token.weight, self.mask_tokens.weight], 0)
 
     def predict_iou(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens``: (B, Nt, C) transformer output -> predicted IoU (B, 4) float32, all tokens."""
@@ -79,10 +83,6 @@ class MaskDecoder(nn.Module):
         b, _, c = image_tokens.shape
         feats = image_tokens.transpose(1, 2).reshape(b, c, *grid_hw)
         return self.output_upscaling(feats)
-
-    def output_token_weights(self) -> torch.Tensor:
-        """(5, C) the output tokens ahead of the prompt tokens: IoU, then the 4 mask tokens."""
-        return torch.cat([self.iou_token.weight, self.mask_tokens.weight], 0)
 
     def hypernetwork_weights(self, tokens: torch.Tensor, mask_index: list[int]) -> torch.Tensor:
         """Per-mask weights: (B, len(mask_index), C/8) from the chosen mask tokens."""

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .family_model import FamilyModel
+from .family_model import FamilyModel, checks_decoder_options
 from .configs import SamConfig, TinyViTConfig
 from .factored_decoder import FactoredGridDecoder, FactoredPointDecoder
 from .mask_decoder import MULTIMASK, SINGLE_MASK, MaskDecoder, upscale_mask_logits
@@ -346,6 +346,7 @@ class Sam(FamilyModel):
         return sam_postprocess_matrices(4 * emb.grid_hw[0], self.input_size, emb.input_hw,
                                         emb.original_hw)
 
+    @checks_decoder_options
     def point_decoder(self, emb: ImageEmbedding, compute_dtype: torch.dtype = torch.float32,
                       low_res_hw: tuple[int, int] | None = None, *, chunk_size: int | None = None,
                       plain: bool = False) -> PointDecoder:

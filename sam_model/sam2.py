@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .family_model import FamilyModel
+from .family_model import FamilyModel, checks_decoder_options
 from .fpn_neck import FpnNeck
 from .hiera import Hiera
 from .point_decoder import DecodedMasks, PointDecoder, RejectWindow, apply_filters
@@ -264,6 +264,7 @@ class Sam2(FamilyModel):
         return (bilinear_matrix(n_low[0], h, fused_coordinate=True),
                 bilinear_matrix(n_low[1], w, fused_coordinate=True))
 
+    @checks_decoder_options
     def point_decoder(self, emb: Sam2ImageEmbedding, compute_dtype: torch.dtype = torch.float32,
                       low_res_hw: tuple[int, int] | None = None, *, plain: bool = False,
                       multimask_output: bool = True, use_m2m: bool = False,

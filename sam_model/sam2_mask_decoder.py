@@ -129,7 +129,7 @@ class Sam2MaskDecoder(nn.Module):
             raise ValueError("Sam2MaskDecoder: use_high_res_features is off in this config")
         return self.conv_s0(level0), self.conv_s1(level1)
 
-    def output_token_weights(self) -> torch.Tensor:
+    def output_tokens(self) -> torch.Tensor:
         """(6, C) the output tokens ahead of the prompt tokens: object score (with
         ``pred_obj_scores``), IoU, then the 4 mask tokens."""
         parts = [self.iou_token.weight, self.mask_tokens.weight]
@@ -153,7 +153,7 @@ class Sam2MaskDecoder(nn.Module):
             (B, h*w, C), float32.
         """
         b = sparse.shape[0]
-        out_tokens = self.output_token_weights()
+        out_tokens = self.output_tokens()
         tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], 1)
         return self.transformer(image_embedding + dense, image_pe, tokens)
 

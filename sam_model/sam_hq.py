@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .family_model import FamilyModel
+from .family_model import FamilyModel, checks_decoder_options
 from .configs import SamHQConfig, TinyViTConfig
+from .factored_decoder import FactoredGridDecoder
+from .factored_hq_decoder import FactoredHQPointDecoder
 from .hq_mask_decoder import HQMaskDecoder
 from .mask_decoder import upscale_mask_logits
 from .point_decoder import DecodedMasks, RejectWindow, apply_filters
@@ -207,34 +209,64 @@ class SamHQ(FamilyModel):
         n_low = 4 * emb.grid_hw[0]
         return sam_postprocess_matrices(n_low, self.input_size, emb.input_hw, emb.original_hw)
 
+    @checks_decoder_options
     def point_decoder(self, emb: HQImageEmbedding, compute_dtype: torch.dtype = torch.float32,
                       low_res_hw: tuple[int, int] | None = None, *, plain: bool = False,
-                      multimask_output: bool = True, hq_token_only: bool = False
-                      ) -> "HQPointDecoder":
+                      multimask_output: bool = True, hq_token_only: bool = False,
+                      chunk_size: int | None = None
+                      ) -> "HQPointDecoder | FactoredHQPointDecoder":
         """The decoder seam (``sam_model.point_decoder``) for one image or crop.
 
         Args:
             emb: from :meth:`encode_image` (the crop).
             compute_dtype: ``torch.float32`` (the reference's numbers) or ``torch.bfloat16``
-                (the decoder under autocast; outputs float32).
+                (an approximation; outputs float32): the fast decoder's per-prompt work in
+                bfloat16, or the plain decoder under autocast.
             low_res_hw: (h, w) top-left part of the low-res map to return; None: all of it
-                (4 x the embedding grid, 256 x 256 for a 1024 input).
-            plain: accepted for the seam; HQ-SAM has only the plain decoder (prompt encoder
-                + :class:`HQMaskDecoder` forward, as the official code).
+                (4 x the embedding grid, 256 x 256 for a 1024 input). The fast decoder rounds
+                it up to whole image tokens (4 low-res pixels each).
+            plain: the prompt encoder + :class:`HQMaskDecoder` forward per prompt, as the
+                official code (:class:`HQPointDecoder`), instead of the exact fast rewrite
+                (:class:`~sam_model.factored_hq_decoder.FactoredHQPointDecoder`: factored
+                image tokens, the IoU filter before any mask, the HQ mask only for the
+                survivors and only where it is needed).
             multimask_output: as in :meth:`decode` (default True, the official generator's).
             hq_token_only: as in :meth:`decode` (default False, the official generator's).
+            chunk_size: prompts per fast-decoder pass (speed only); default 4 in float32, 8 in
+                bfloat16.
 
         Returns:
-            :class:`HQPointDecoder`, with this image's HQ-Features and positional encoding
-            computed once.
+            the point decoder, with this image's HQ-Features and positional encoding computed
+            once.
 
         Raises:
             ValueError: ``compute_dtype`` is not float32 or bfloat16, or ``low_res_hw`` exceeds
                 the low-res map.
         """
         check_compute_dtype(compute_dtype)
-        return HQPointDecoder(self, emb, compute_dtype, low_res_hw, multimask_output,
-                              hq_token_only)
+        if plain:
+            return HQPointDecoder(self, emb, compute_dtype, low_res_hw, multimask_output,
+                                  hq_token_only)
+        gh, gw = emb.grid_hw
+        nh, nw = low_res_hw or (4 * gh, 4 * gw)
+        if not (0 < nh <= 4 * gh and 0 < nw <= 4 * gw):
+            raise ValueError(f"low_res_hw {(nh, nw)} must lie within the low-res map "
+                             f"{(4 * gh, 4 * gw)}")
+        token_hw = (min(-(-nh // 4), gh), min(-(-nw // 4), gw))
+        with torch.no_grad():
+            fast = FactoredGridDecoder(self.mask_decoder, dtype=compute_dtype)
+            no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)  # (1, C, 1, 1)
+            ctx = fast.prepare(emb.embedding, self.dense_pe(emb), no_mask.expand_as(emb.embedding))
+            hq_features = self.hq_features(emb)
+
+        def sparse_fn(points_xy: torch.Tensor) -> torch.Tensor:
+            labels = torch.full((len(points_xy), 1), LABEL_FOREGROUND, dtype=torch.int64,
+                                device=self.device)
+            pts = self.to_input_frame(points_xy[:, None, :].to(self.device), emb)
+            return self.prompt_encoder(pts, labels, None, None, emb.grid_hw)[0]
+        chunk = chunk_size or (4 if compute_dtype == torch.float32 else 8)
+        return FactoredHQPointDecoder(fast, ctx, hq_features, sparse_fn, token_hw, chunk,
+                                      multimask_output, hq_token_only)
 
 
 class HQPointDecoder:

@@ -88,17 +88,21 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = DecoderAttention(dim, num_heads, downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
+    def token_self_attention(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
+        """The block's first step on the tokens alone, (B, Nt, C) -> (B, Nt, C):
+        ``norm1(self_attn(t, t, t))`` in the first block (no position encoding, no residual),
+        else ``norm1(t + self_attn(t + pe, t + pe, t))``."""
+        if self.skip_first_layer_pe:
+            return self.norm1(self.self_attn(queries, queries, queries))
+        q = queries + query_pe
+        return self.norm1(queries + self.self_attn(q, q, queries))
+
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
                 key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``queries``: (B, Nt, C) tokens; ``keys``: (B or 1, HW, C) image tokens;
         ``query_pe`` like queries; ``key_pe``: (1, HW, C). Returns updated (queries, keys),
         keys now (B, HW, C)."""
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
-        queries = self.norm1(queries)
+        queries = self.token_self_attention(queries, query_pe)
 
         q = queries + query_pe
         k = keys + key_pe

@@ -68,9 +68,9 @@ class EncodedPair:
     image: np.ndarray
 
 
-def encoded_pair(name: str, photo: str, seed: int = 0) -> EncodedPair:
-    """Build the official ``name`` model, randomise it (seeded), load its state dict into ours
-    strictly, and encode ``photo`` with both."""
+def random_pair(name: str, seed: int = 0) -> tuple[SamHQ, torch.nn.Module]:
+    """(ours, official) ``name`` models with the same seeded random weights (``randomise_`` of
+    the official model, loaded into ours strictly), both in eval mode."""
     sa = oracle()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -79,7 +79,13 @@ def encoded_pair(name: str, photo: str, seed: int = 0) -> EncodedPair:
     ref.eval()  # TinyViT caches its attention biases when switched to eval mode
     ours = SamHQ(SAM_HQ_CONFIGS[name])
     ours.load_state_dict(ref.state_dict(), strict=True)  # key-for-key compatible
-    ours.eval()
+    return ours.eval(), ref
+
+
+def encoded_pair(name: str, photo: str, seed: int = 0) -> EncodedPair:
+    """:func:`random_pair`, and ``photo`` encoded by both."""
+    sa = oracle()
+    ours, ref = random_pair(name, seed)
     image = read_photo(photo)
     predictor = sa.SamPredictor(ref)
     with torch.no_grad():
@@ -151,12 +157,17 @@ def check_mixed_prompts(pair: EncodedPair) -> None:
         assert (iou2 - iou).abs().max().item() < TOL
 
 
-def midpoint_cut(values: torch.Tensor) -> float:
-    """A threshold halfway between the two middle values of ``values``: no value lies within
-    float rounding of it, so ours and the official outputs fall on the same side."""
-    s = values.sort().values
-    k = len(s) // 2
-    return float((s[k - 1] + s[k]) / 2)
+def split_between(values: torch.Tensor) -> float:
+    """A threshold between two of ``values`` near their middle, at the widest gap among the
+    middle half, so that float rounding far below the gap cannot move a value across it."""
+    v = values.double().sort().values
+    n = len(v)
+    lo, hi = n // 4, max(n // 4 + 1, (3 * n) // 4)
+    gaps = v[lo + 1:hi + 1] - v[lo:hi]
+    i = lo + int(gaps.argmax())
+    gap = float(v[i + 1] - v[i])
+    assert gap > 1e-5 * max(1.0, float(v.abs().max())), f"values too close to split: {v.tolist()}"
+    return float((v[i] + v[i + 1]) / 2)
 
 
 def check_point_decoder(pair: EncodedPair, n_points: int = 16) -> int:
@@ -166,10 +177,10 @@ def check_point_decoder(pair: EncodedPair, n_points: int = 16) -> int:
     pts = random_points(pair.image, n_points, seed=3)[:, 0]
     _, iou, low = reference_predict(pair, pts[:, None], np.ones((n_points, 1), np.int64))
     iou, low = iou.flatten(), low.flatten(0, 1)
-    thresh = midpoint_cut(iou)  # about half survive
+    thresh = split_between(iou)  # about half survive
     y0, y1, x0, x1 = 10, 20, 30, 44
     window = low[:, 4 * y0:4 * y1, 4 * x0:4 * x1]
-    cut = midpoint_cut(window.amax((1, 2)))
+    cut = split_between(window.amax((1, 2)))
 
     def reject(win: torch.Tensor) -> torch.Tensor:
         return win.amax((1, 2)) > cut
@@ -202,3 +213,24 @@ def check_low_res_to_image(pair: EncodedPair) -> float:
     err = rel_err(image_logits, masks[:, 0].double())
     assert err < TOL
     return err
+
+
+def shape_for_grids_(models: tuple[torch.nn.Module, ...], seed: int = 5,
+                     attention_gain: float = 3.0, mask_logit_gain: float = 25.0) -> None:
+    """Make random-weight masks usable by a grid generator, in ours and the official model
+    alike (``models``: both, with the same weights; encoder outputs are unchanged): the prompt
+    encoder's Fourier-feature matrix seeded N(0, 1) (its official init; at ``randomise_``'s
+    0.05 scale every point gets nearly the same encoding, so every prompt the same mask), the
+    mask decoder's attention query/key projections times ``attention_gain``, and the output
+    layers of the SAM and HQ hypernetworks times ``mask_logit_gain`` (logits well beyond the
+    stability score's +-1)."""
+    gauss = models[0].prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    noise = torch.randn(gauss.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for model in models:
+            model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.copy_(noise)
+            for name, p in model.mask_decoder.named_parameters():
+                if (".q_proj." in name or ".k_proj." in name) and name.endswith("weight"):
+                    p.mul_(attention_gain)
+                if name.startswith(("output_hypernetworks_mlps.", "hf_mlp.")) and ".layers.2." in name:
+                    p.mul_(mask_logit_gain)

@@ -41,9 +41,10 @@ def test_defaults_equal_reference_generator_defaults():
                                                "reserve_stability_score_thresh",
                                                "refine_crop_n_layers", "fill_holes",
                                                "island_area_frac", "mask_threshold",
-                                               "multimask_output", "use_m2m"}
+                                               "multimask_output", "use_m2m", "hq_token_only"}
     # SAM v1 has no multimask choice and no mask-to-mask pass: nothing is passed to its decoder.
     assert cfg.multimask_output is None and cfg.use_m2m is None and cfg.mask_threshold == 0.0
+    assert cfg.hq_token_only is None
     assert cfg.input_size is None  # the model's own input size (1024), as the reference
     assert cfg.compute_dtype == "float32"  # the reference's arithmetic
     assert cfg.max_masks is None and cfg.nested_mask_penalty == 0.0  # every mask kept
@@ -94,6 +95,14 @@ def test_sam2_options_validated(params, name):
         AMGConfig(**params)
 
 
+def test_hq_token_only_default_equals_sam_hq_reference_generator():
+    hq = pytest.importorskip("segment_anything_hq")
+    # The HQ generator calls predict_torch without hq_token_only: the predictor's default.
+    assert "hq_token_only" not in inspect.getsource(hq.SamAutomaticMaskGenerator._process_batch)
+    default = inspect.signature(hq.SamPredictor.predict_torch).parameters["hq_token_only"].default
+    assert default is False and AMGConfig().for_family("sam_hq", 0.0).hq_token_only is False
+
+
 def test_defaults_hand_checked():
     cfg = AMGConfig()
     assert cfg.points_per_side == 32 and cfg.point_grids is None
@@ -139,6 +148,7 @@ def test_defaults_hand_checked():
     ({"stability_score_offset": -1.0}, "stability_score_offset"),
     ({"crop_overlap_ratio": 1.0}, "crop_overlap_ratio"),
     ({"output_mode": "png"}, "output_mode"),
+    ({"hq_token_only": 1}, "hq_token_only"),
 ])
 def test_bad_value_names_parameter(params, name):
     with pytest.raises(ConfigError, match=name):

@@ -13,7 +13,7 @@ from amg.rle import masks_to_rle
 from amg.upscale import RegionUpscaler, region_box_xyxy, region_to_rle
 from sam_model.factored_decoder import FactoredGridDecoder
 from sam_model.mask_decoder import upscale_mask_logits
-from sam_model.resampling import bilinear_matrix, composed_matrix
+from sam_model.resampling import bicubic_matrix, bilinear_matrix, composed_matrix
 
 from .conftest import read_photo
 
@@ -252,6 +252,46 @@ def test_region_rle_and_box_equal_the_placed_full_mask(seed):
         assert region_box_xyxy(mask, y0, x0).tolist() == masks_to_boxes_xyxy(full_t)[0].tolist()
     with pytest.raises(ValueError, match="does not fit"):
         region_to_rle(torch.ones(3, 2, dtype=torch.bool), 2, 0, 4, 4)
+
+
+def bicubic_cases(g: torch.Generator) -> list[torch.Tensor]:
+    """Low-res maps for bicubic post-processing: a plateau just below -offset on a very
+    negative background (bicubic overshoot lifts outputs near its edges above 0 although no
+    tap is above -offset), and random blobs."""
+    plateau = torch.full((256, 256), -30.0)
+    plateau[100:140, 60:90] = -1.05
+    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    blobs = []
+    for _ in range(3):
+        low = torch.randn(256, 256, generator=g) * 3 - 12
+        cy, cx, sd = (torch.rand(3, generator=g) * torch.tensor([256.0, 256.0, 30.0])).tolist()
+        low += 14 * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (sd + 2) ** 2))
+        blobs.append(low)
+    return [plateau, *blobs]
+
+
+@pytest.mark.parametrize("out_hw", [(534, 800), (1200, 1800), (100, 61)])
+def test_region_upscaler_with_negative_bicubic_weights_matches_full_upscale(out_hw):
+    """EfficientSAM's bicubic 256 -> (H, W): outputs can exceed every tap, so the active
+    low-res set needs the overshoot margin; stability and mask equal the full computation."""
+    ay, ax = bicubic_matrix(256, out_hw[0]), bicubic_matrix(256, out_hw[1])
+    up = RegionUpscaler((256, 256), ay, ax, torch.device("cpu"))
+    assert 0.25 < up.overshoot < 0.35
+    for i, low in enumerate(bicubic_cases(torch.Generator().manual_seed(0))):
+        full = torch.from_numpy(ay).float() @ low @ torch.from_numpy(ax).float().T
+        if i == 0:  # no tap above -offset, yet pixels above 0
+            assert low.max() < -1.0 - 1e-4 and (full > 0).sum() > 10
+        r = up.upscale(low, 0.0, 1.0)
+        s_ref = stability_score(full[None], 0.0, 1.0)[0].item()
+        assert (np.isnan(r.stability) and np.isnan(s_ref)) or abs(r.stability - s_ref) <= 1e-6
+        mask = np.asarray(rle_decode(region_to_rle(r.mask, r.y0, r.x0, *out_hw)))
+        flips = mask != (full > 0).numpy()
+        assert (np.abs(full.numpy()[flips]) < 1e-4).all()
+
+
+def test_bilinear_post_processing_has_no_overshoot_margin():
+    up = RegionUpscaler((172, 256), *v1_matrices((684, 1024), (534, 800)), torch.device("cpu"))
+    assert up.overshoot == 0.0 and up.active_margin(torch.full((4, 4), -50.0), -1.0) == 1e-4
 
 
 def test_region_upscaler_refuses_a_region_that_misses_taps():

@@ -81,3 +81,38 @@ def test_mask_threshold_moves_the_binarisation():
         ref = by_key[(tuple(r["point_coords"][0]), round(r["predicted_iou"], 6))]
         inter = mask_utils.area(mask_utils.merge([r["segmentation"], ref["segmentation"]], 1))
         assert inter == r["area"] <= ref["area"]
+
+
+# --------------------------------------------------------------------------------------------
+# Family options (hq_token_only): taken by SAM-HQ, refused by name elsewhere
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mobile_sam", "sam2.1_hiera_tiny", "efficient_sam_vitt"])
+def test_hq_token_only_refused_by_families_without_it(name):
+    from sam_model import DecoderOptionError
+    model = build_model(name)
+    msg = rf"^hq_token_only is not an option of {name}'s point decoder \(its options: [^\n]*\)$"
+    with pytest.raises(ConfigError, match=msg):
+        MaskGenerator(model, hq_token_only=True)  # refused before any image is encoded
+    with pytest.raises(DecoderOptionError, match=msg):  # checked before the embedding is read
+        model.point_decoder(None, hq_token_only=True)
+    MaskGenerator(model, hq_token_only=None)  # unset: the family's own behaviour
+
+
+def test_hq_token_only_reaches_the_sam_hq_decoder(monkeypatch):
+    from sam_model.factored_hq_decoder import FactoredHQPointDecoder
+    torch.manual_seed(0)
+    model = build_model("sam_hq_vit_tiny")
+    assert "hq_token_only" in model.decoder_options()
+    seen = []
+    decode = FactoredHQPointDecoder.decode
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.hq_token_only)
+        return decode(self, *args, **kwargs)
+    monkeypatch.setattr(FactoredHQPointDecoder, "decode", spy)
+    image = np.ascontiguousarray(read_photo("dog.jpg")[::8, ::8])
+    for flag in (False, True):
+        MaskGenerator(model, points_per_side=2, hq_token_only=flag).generate(image)
+    assert seen == [False, True]

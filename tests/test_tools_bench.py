@@ -107,6 +107,34 @@ def test_bench_model_without_reference_is_an_argument_error(capsys):
     assert "--model vit_q: no reference generator" in err and "sam2.1_hiera_tiny" in err
 
 
+@pytest.mark.parametrize("model", ["sam_hq_vit_tiny", "efficient_sam_vitt"])
+def test_bench_random_weight_model_against_its_reference(model, tmp_path, capsys):
+    """SAM-HQ against segment_anything_hq's generator, EfficientSAM against the grid generator
+    over the official model: same random weights, the lowered filters, a 3 x 3 grid."""
+    pytest.importorskip("segment_anything_hq", reason="the reference is in the test extra")
+    bench = load_tool("bench")
+    out = tmp_path / "r.json"
+    assert bench.main([str(shared_path("images", "dog.jpg")), "--model", model,
+                       "--set", "points_per_side=3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == model and report["seed"] == 0
+    assert report["overrides"]["points_per_side"] == 3
+    assert report["overrides"]["box_nms_thresh"] == 1.0  # lowered for random weights
+    (row,) = report["rows"]
+    assert row["ours_masks"] == row["ref_masks"] >= 4
+    assert row["ref_matched"] == 1.0 and row["ours_matched"] == 1.0
+    assert row["speedup"] == pytest.approx(row["ref_s"] / row["ours_s"])
+    assert f"model {model}" in capsys.readouterr().out
+
+
+def test_bench_model_without_random_weight_reference(capsys):
+    bench = load_tool("bench")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["x.jpg", "--model", "vit_b"])
+    assert e.value.code == 2
+    assert "--model vit_b: " in capsys.readouterr().err
+
+
 def test_bench_bad_set_is_an_argument_error(capsys):
     bench = load_tool("bench")
     with pytest.raises(SystemExit) as e:

@@ -13,6 +13,14 @@ sam2.1_hiera_tiny`` (``_small``, ``_base_plus``, ``_large``) the official
 file) or, without one, the same seeded random weights (``--seed``). Without the reference the
 tool times ours alone and says so.
 
+``--model`` (default ``mobile_sam``, real weights) also takes the SAM-HQ and EfficientSAM names:
+then ours and the family's reference run with the same seeded random weights (the parity
+tests' weights, so these runs need the test extra and ``../shared/oracles``) and filters
+lowered so that random-weight masks pass (``tools.common.RANDOM_WEIGHT_FAMILIES``, before
+``--set``). References: SAM-HQ's own ``SamAutomaticMaskGenerator`` (``segment_anything_hq``);
+for EfficientSAM, which has no generator, the straightforward grid generator over the official
+model (``tests/grid_generators.py``).
+
     python3 tools/bench.py ../shared/images/dog.jpg ../shared/images/groceries.jpg
     python3 tools/bench.py ../shared/images/picture1.jpg --config crops --json out.json
     python3 tools/bench.py IMG --config fast --reference-config default   # fast preset vs ref defaults
@@ -21,6 +29,7 @@ tool times ours alone and says so.
     python3 tools/bench.py IMG --sweep points size crops --plot docs/img/sweep.png
     python3 tools/bench.py IMG --model sam2.1_hiera_tiny                 # SAM 2 defaults, random weights
     python3 tools/bench.py IMG --model sam2.1_hiera_large --checkpoint sam2.1_hiera_large.pt --config sam2
+    python3 tools/bench.py IMG --model sam_hq_vit_tiny --set points_per_side=16
 
 ``--background-load N`` starts N busy processes (``while True: pass``) for the whole benchmark,
 so the reference and ours run under the same load, the situation of a machine shared with other
@@ -67,8 +76,9 @@ from pycocotools import mask as mask_utils  # noqa: E402
 from amg import AMGConfig, MaskGenerator  # noqa: E402
 from amg.io import load_image  # noqa: E402
 from sam_model import build_model  # noqa: E402
-from tools.common import (REFERENCE_FAMILIES, make_reference_generator,  # noqa: E402
-                          parse_overrides, reference_family, reference_pair, reference_params)
+from tools.common import (REFERENCE_FAMILIES, lowered_filters,  # noqa: E402
+                          make_reference_generator, parse_overrides, random_weight_pair,
+                          reference_family, reference_pair, reference_params)
 
 
 def reset_peak_rss() -> bool:
@@ -283,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--background-load", type=int, default=0, metavar="N",
                    help="run everything beside N busy processes (default: 0)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="mobile_sam",
+                   help="mobile_sam (real weights, default), or a SAM-HQ / EfficientSAM name "
+                        "(random seeded weights in ours and the reference)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--sweep", nargs="+", choices=tuple(SWEEP_AXES), default=None,
                    help="cost against points per side, image size and/or crop layers (first image)")
@@ -298,13 +312,31 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     try:
+        reference_family(args.model)
+        pair_family = False  # SAM v1 / SAM 2.1: REFERENCE_FAMILIES
+    except ValueError:
+        pair_family = True  # SAM-HQ / EfficientSAM: random_weight_pair
+    if pair_family:
+        overrides = {**lowered_filters(args.model), **overrides}
+    try:
         ours_cfg = AMGConfig.from_preset(args.config, **overrides).replace(output_mode="coco_rle")
         ref_cfg = AMGConfig.from_preset(args.reference_config or args.config, **overrides)
-        reference_family(args.model)
     except ValueError as e:
         p.error(str(e))
-    model, ref = models(args.model, ref_cfg, args.device, args.seed, args.checkpoint,
-                        not args.no_reference)
+    if pair_family:
+        try:
+            pair = random_weight_pair(args.model, ref_cfg, args.seed, args.device)
+        except (KeyError, ImportError, ValueError) as e:
+            p.error(f"--model {args.model}: {e}")
+        model, ref_generate = pair.ours, pair.reference
+        print(f"{args.model}: random weights (seed {args.seed}) in ours and the reference "
+              f"({pair.description})")
+    else:
+        model, ref = models(args.model, ref_cfg, args.device, args.seed, args.checkpoint,
+                            not args.no_reference)
+        ref_generate = None if ref is None else ref.generate
+    if args.no_reference:
+        ref_generate = None
     if args.sweep:
         with background_load(args.background_load):
             rows = run_sweep(args, model, load_image(args.images[0])[0], ours_cfg)
@@ -331,12 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     if peer is not None:
         extra["ultralytics"] = peer
     with background_load(args.background_load):
-        rows = _run_images(args, ours, extra, ref)
+        rows = _run_images(args, ours, extra, ref_generate)
     _print_table(args, overrides, extra, rows)
     return 0
 
 
-def _run_images(args, ours, extra, ref) -> list[dict]:
+def _run_images(args, ours, extra, ref_generate) -> list[dict]:
     """One row per image: times, CPU seconds, peaks, counts and parity (printed as JSON)."""
     rows = []
     for path in args.images:
@@ -344,8 +376,8 @@ def _run_images(args, ours, extra, ref) -> list[dict]:
         row = {"image": path.name, "size": f"{image.shape[1]}x{image.shape[0]}"}
         our_masks, row["ours_s"], row["ours_peak_mb"], row["ours_cpu_s"] = timed(ours.generate, image)
         row["ours_masks"] = len(our_masks)
-        if ref is not None:
-            ref_masks, row["ref_s"], row["ref_peak_mb"], row["ref_cpu_s"] = timed(ref.generate, image)
+        if ref_generate is not None:
+            ref_masks, row["ref_s"], row["ref_peak_mb"], row["ref_cpu_s"] = timed(ref_generate, image)
             row["ref_masks"] = len(ref_masks)
             row["speedup"] = row["ref_s"] / row["ours_s"]
             row["ref_matched"], row["ours_matched"] = match_fractions(ref_masks, our_masks)
@@ -353,7 +385,7 @@ def _run_images(args, ours, extra, ref) -> list[dict]:
             masks, row[f"{name}_s"], row[f"{name}_peak_mb"], row[f"{name}_cpu_s"] = timed(
                 gen.generate, image)
             row[f"{name}_masks"] = len(masks)
-            if ref is not None:
+            if ref_generate is not None:
                 row[f"{name}_speedup"] = row["ref_s"] / row[f"{name}_s"]
                 row[f"{name}_ref_matched"], row[f"{name}_matched"] = match_fractions(ref_masks, masks)
         row["load_avg_1min"] = os.getloadavg()[0]  # other work on the machine skews timings
@@ -372,9 +404,12 @@ def _print_table(args, overrides, extra, rows) -> None:
                    f"{name}_ref_matched", f"{name}_matched"]
     header.append("load_avg_1min")
     print()
-    weights = (str(args.checkpoint) if args.checkpoint else
-               f"random, seed {args.seed}" if REFERENCE_FAMILIES[reference_family(args.model)]
-               .random_weights else "verified")
+    try:
+        family = REFERENCE_FAMILIES[reference_family(args.model)]
+        weights = (str(args.checkpoint) if args.checkpoint else
+                   f"random, seed {args.seed}" if family.random_weights else "verified")
+    except ValueError:
+        weights = f"random, seed {args.seed}"
     print(f"model: {args.model} ({weights} weights); ours: {args.config}"
           f"{' ' + str(overrides) if overrides else ''}; reference: "
           f"{args.reference_config or args.config}; threads {torch.get_num_threads()}; "
@@ -391,8 +426,8 @@ def _print_table(args, overrides, extra, rows) -> None:
     total = sum(r["ours_s"] for r in rows)
     print(f"ours: {len(rows) / total:.3f} images/s over {len(rows)} image(s)")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "config": args.config,
-                                         "overrides": overrides,
+        args.json.write_text(json.dumps({"model": args.model, "seed": args.seed,
+                                         "config": args.config, "overrides": overrides,
                                          "threads": torch.get_num_threads(),
                                          "background_load": args.background_load,
                                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

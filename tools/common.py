@@ -1,25 +1,32 @@
 """What the tools share: ``KEY=VALUE`` parameter overrides, and the reference generators
 (test-only oracles: ``pip install -e ".[test]"``) with the parameters of one of our
 configurations: MobileSAM's ``SamAutomaticMaskGenerator`` (:func:`make_reference_generator`),
-and per model family the official generator beside our model with the same weights
-(:data:`REFERENCE_FAMILIES`, :func:`reference_pair`).
+per model family the official generator beside our model with the same weights
+(:data:`REFERENCE_FAMILIES`, :func:`reference_pair`: SAM v1, SAM 2.1), and for SAM-HQ and
+EfficientSAM a random-weight pair of ours and the family's reference
+(:data:`RANDOM_WEIGHT_FAMILIES`, :func:`random_weight_pair`).
 
 The tools put the repository root on ``sys.path`` and import this as ``tools.common``.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from amg.config import AMGConfig, ConfigError
 
 __all__ = ["REFERENCE_DIST", "REFERENCE_PARAMS", "reference_params", "make_reference_generator",
            "ReferenceFamily", "REFERENCE_FAMILIES", "reference_family", "reference_pair",
-           "seeded_weights_", "parse_value", "parse_overrides"]
+           "seeded_weights_", "parse_value", "parse_overrides", "RandomWeightPair",
+           "RANDOM_WEIGHT_FAMILIES", "random_weight_pair", "lowered_filters"]
 
 #: The distribution holding the reference generator.
 REFERENCE_DIST = "mobilesam-lite"
@@ -228,3 +235,112 @@ def parse_overrides(items: list[str], source: str = "--set",
         except ValueError as exc:
             raise ConfigError(f"{source} {item!r}: {exc}") from None
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Random-weight pairs: ours and a family's reference with the same seeded weights
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RandomWeightPair:
+    """Our model and a reference generator over the official model, same seeded weights.
+
+    Attributes:
+        ours: our model (``sam_model``), eval mode.
+        reference: ``(H, W, 3) uint8 RGB -> records`` (COCO RLE ``segmentation``), the
+            family's reference generator with the configuration's parameters.
+        description: what the reference is, for the report.
+    """
+
+    ours: Any
+    reference: Callable[[np.ndarray], list[dict]]
+    description: str
+
+
+def _need(module: str, extra: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"the reference needs {module} ({extra})")
+
+
+def _sam_hq_pair(name: str, cfg: AMGConfig, seed: int, device: str) -> RandomWeightPair:
+    """SAM-HQ: ``segment_anything_hq``'s ``SamAutomaticMaskGenerator``; ``hq_token_only``
+    reaches its predictor's ``predict_torch`` (the generator itself has no such parameter)."""
+    _need("segment_anything_hq", 'the test extra, pip install -e ".[test]"')
+    from tests import hq_oracle
+    ours, ref_model = hq_oracle.random_pair(name, seed)
+    hq_oracle.shape_for_grids_((ours, ref_model))
+    ours.to(device)
+    gen = hq_oracle.oracle().SamAutomaticMaskGenerator(ref_model.to(device), output_mode="coco_rle",
+                                                       **reference_params(cfg))
+    if cfg.hq_token_only:
+        gen.predictor.predict_torch = functools.partial(gen.predictor.predict_torch,
+                                                        hq_token_only=True)
+    return RandomWeightPair(ours, gen.generate, "segment_anything_hq SamAutomaticMaskGenerator")
+
+
+def _efficient_sam_pair(name: str, cfg: AMGConfig, seed: int, device: str) -> RandomWeightPair:
+    """EfficientSAM: the straightforward grid generator over the official model
+    (``tests/grid_generators.py``: grid, IoU filter, stability score, box NMS; no crops, no
+    small-region clean-up)."""
+    from tests import efficient_sam_oracle, grid_generators
+    from pycocotools import mask as mask_utils
+    unsupported = {k: getattr(cfg, k) for k in ("crop_n_layers", "min_mask_region_area")
+                   if getattr(cfg, k)}
+    if cfg.point_grids is not None or unsupported:
+        raise ConfigError(f"the EfficientSAM reference (a plain grid generator) has no crops, "
+                          f"explicit grids or small-region clean-up: {unsupported or 'point_grids'}")
+    if device != "cpu":
+        raise ConfigError("the EfficientSAM reference runs on the CPU only")
+    ours, oracle = efficient_sam_oracle.random_pair(name, seed)
+    efficient_sam_oracle.shape_decoder_for_grids_(ours)
+    efficient_sam_oracle.shape_decoder_for_grids_(oracle)
+    params = grid_generators.GridParams(
+        cfg.points_per_side, cfg.points_per_batch, cfg.pred_iou_thresh,
+        cfg.stability_score_thresh, cfg.stability_score_offset, cfg.box_nms_thresh)
+
+    def generate(image: np.ndarray) -> list[dict]:
+        masks = grid_generators.efficient_sam_oracle_grid_masks(oracle, image, params)
+        return [{"segmentation": mask_utils.encode(np.asfortranarray(m.segmentation.astype(np.uint8))),
+                 "area": int(m.segmentation.sum()), "bbox": m.bbox_xywh,
+                 "predicted_iou": m.predicted_iou, "stability_score": m.stability_score,
+                 "point_coords": [list(m.point_xy)]} for m in masks]
+    return RandomWeightPair(ours, generate, "grid generator over the official EfficientSAM")
+
+
+#: Per family (``sam_model.model_table`` labels): the pair builder, and the filters lowered so
+#: that random-weight masks pass (the whole-generator parity tests' values), applied before the
+#: user's overrides.
+RANDOM_WEIGHT_FAMILIES: dict[str, tuple[Callable[..., RandomWeightPair], dict[str, Any]]] = {
+    "SAM-HQ": (_sam_hq_pair, {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.5,
+                              "box_nms_thresh": 1.0}),
+    "EfficientSAM": (_efficient_sam_pair, {"pred_iou_thresh": 0.02, "stability_score_thresh": 0.6,
+                                           "box_nms_thresh": 1.0}),
+}
+
+
+def random_weight_pair(name: str, cfg: AMGConfig, seed: int = 0,
+                       device: str = "cpu") -> RandomWeightPair:
+    """Ours and the family's reference for model ``name`` with the same seeded random weights
+    (the parity tests' weights: ``tests/hq_oracle.py``, ``tests/efficient_sam_oracle.py``, so
+    the test extra and ``../shared/oracles`` are needed).
+
+    Raises:
+        KeyError: ``name`` is not a model of a family in :data:`RANDOM_WEIGHT_FAMILIES`.
+        ImportError: the reference is not installed.
+        ConfigError: ``cfg`` uses a step the reference does not have.
+    """
+    from sam_model import model_table
+    family = {m.name: m.family for m in model_table()}.get(name)
+    if family not in RANDOM_WEIGHT_FAMILIES:
+        raise KeyError(f"{name}: no random-weight reference (families: "
+                       f"{', '.join(RANDOM_WEIGHT_FAMILIES)})")
+    return RANDOM_WEIGHT_FAMILIES[family][0](name, cfg, seed, device)
+
+
+def lowered_filters(name: str) -> dict[str, Any]:
+    """The random-weight filter values of ``name``'s family (:data:`RANDOM_WEIGHT_FAMILIES`),
+    or ``{}`` for a model with real weights."""
+    from sam_model import model_table
+    family = {m.name: m.family for m in model_table()}.get(name)
+    return dict(RANDOM_WEIGHT_FAMILIES[family][1]) if family in RANDOM_WEIGHT_FAMILIES else {}

@@ -1,5 +1,6 @@
 """The ``segment-everything`` command: segment images, folders and image lists into datasets.
 
+    segment-everything models
     segment-everything INPUT... --output DIR
                        [--format json,coco,label-studio,yolo,png,labelmap,overlay]
                        [--list FILE] [--glob PATTERN] [--model mobile_sam] [--config default]
@@ -232,7 +233,13 @@ def _error(msg: object, code: int = 2) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (:data:`EXIT_CODES`: 0 all images done, 1 some
-    failed or the run stopped, 2 usage or a run that cannot start, 130 interrupted)."""
+    failed or the run stopped, 2 usage or a run that cannot start, 130 interrupted).
+    ``segment-everything models`` lists the models instead (:mod:`amg.dataset.models_command`;
+    an input file named ``models`` is ``./models``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["models"]:
+        from .models_command import main as models_main
+        return models_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
