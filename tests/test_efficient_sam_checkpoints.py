@@ -75,6 +75,26 @@ def test_known_name_loads_a_file_in_the_cache_and_explains_a_missing_one(
     assert load_efficient_sam("efficient_sam_vitt").cfg.name == "efficient_sam_vitt"
 
 
+@pytest.mark.parametrize("name", list(EFFICIENT_SAM_CONFIGS))
+def test_folder_or_truncated_file_in_the_cache_is_refused_in_one_line(
+        official_files, tmp_path, monkeypatch, name):
+    """Both published forms: the plain torch file (ViT-T) and the zip around one (ViT-S)."""
+    monkeypatch.setenv("SEGMENT_EVERYTHING_CACHE", str(tmp_path))
+    filename = EFFICIENT_SAM_CHECKPOINTS[name].filename
+    (tmp_path / filename).mkdir()
+    with pytest.raises(CheckpointError, match=f"{filename}: is a folder, not the {name} "
+                                              "checkpoint file") as ei:
+        load_model(name)
+    assert "\n" not in str(ei.value)
+    (tmp_path / filename).rmdir()
+    data = official_files[name][1].read_bytes()
+    (tmp_path / filename).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=f"{filename}: not a loadable torch checkpoint, "
+                                              "truncated") as ei:
+        load_efficient_sam(name)
+    assert "\n" not in str(ei.value)
+
+
 def test_flat_state_dict_and_zip_with_macos_entries_load(official_files, tmp_path):
     state, path = official_files["efficient_sam_vitt"]
     flat = tmp_path / "flat.pt"

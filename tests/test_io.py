@@ -198,7 +198,54 @@ def test_missing_file(tmp_path):
 
 
 def test_directory_is_not_an_image(tmp_path):
-    _assert_read_error(tmp_path, "no such file")
+    _assert_read_error(tmp_path, "a folder, not an image file")
+    (tmp_path / "photo.jpg").mkdir()
+    _assert_read_error(tmp_path / "photo.jpg", "a folder, not an image file")
+
+
+def test_broken_symlink_is_named(tmp_path):
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    _assert_read_error(tmp_path / "gone.jpg", "broken symbolic link", "nowhere.jpg")
+
+
+@pytest.mark.parametrize("size", [(10_000, 9_000), (15_000, 12_000)])
+def test_max_pixels_refuses_from_the_header_without_pillow_warnings(tmp_path, size):
+    """Above Pillow's warning (89.5 MP) and error (179 MP) limits: our one-line refusal, from
+    the header, and no DecompressionBombWarning."""
+    import warnings
+
+    from amg.io import DEFAULT_MAX_PIXELS, ImageSizeError
+    p = tmp_path / "huge.png"
+    Image.new("1", size).save(p)  # 1-bit, so the test needs little memory
+    w, h = size
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageSizeError) as ei:
+            load_image(p)
+    assert str(ei.value) == (f"{p}: image is {w} x {h} = {w * h / 1e6:.1f} MP, above the limit of "
+                             f"16 MP (--max-pixels {DEFAULT_MAX_PIXELS})")
+
+
+def test_max_pixels_argument(tmp_path):
+    from amg.io import ImageSizeError
+    p = tmp_path / "small.png"
+    Image.new("RGB", (100, 60)).save(p)
+    with pytest.raises(ImageSizeError, match=r"100 x 60 = 0.0 MP, above the limit of 0.005 MP"):
+        load_image(p, max_pixels=5000)
+    assert load_image(p, max_pixels=6000)[0].shape == (60, 100, 3)
+    assert load_image(p, max_pixels=None)[0].shape == (60, 100, 3)
+
+
+@pytest.mark.parametrize("hw, ok", [((16, 16), True), ((16, 1024), True), ((15, 100), False),
+                                    ((1, 1), False), ((1, 5000), False), ((16, 1025), False),
+                                    ((5000, 70), False)])
+def test_check_image_size(hw, ok):
+    from amg.io import ImageSizeError, check_image_size
+    if ok:
+        check_image_size("x.png", *hw)
+    else:
+        with pytest.raises(ImageSizeError, match=rf"x.png: image is {hw[1]} x {hw[0]} px; "):
+            check_image_size("x.png", *hw)
 
 
 def test_empty_file(tmp_path):
@@ -308,3 +355,15 @@ def test_write_atomic_keyboard_interrupt_cleans_up(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_atomic(p, b"data")
     assert os.listdir(tmp_path) == []
+
+
+def test_example_image_is_the_shipped_dog_photo(tmp_path, monkeypatch):
+    """The README's sample photo, found from any directory, identical to the shared dog.jpg."""
+    from amg.io import example_image
+    monkeypatch.chdir(tmp_path)
+    path = example_image()
+    assert path.is_absolute() and path.parent.name == "examples"
+    assert path.read_bytes() == shared_path("images", "dog.jpg").read_bytes()
+    assert "Apache License 2.0" in (path.parent / "README.md").read_text()
+    assert load_image(path)[0].shape == (534, 800, 3)
+

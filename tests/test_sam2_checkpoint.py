@@ -68,11 +68,44 @@ def test_unpinned_file_is_never_downloaded(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # nothing was fetched
 
 
-def test_cached_pinned_file_with_wrong_digest_is_refused(tmp_path, monkeypatch):
+def test_cached_pinned_file_with_wrong_size_or_digest_is_refused(tmp_path, monkeypatch):
+    """tiny publishes its size: a short file is refused by size; large publishes only its
+    sha256: the digest refuses it. One line each, the file left in place."""
     monkeypatch.setenv("SEGMENT_EVERYTHING_CACHE", str(tmp_path))
     (tmp_path / "sam2.1_hiera_tiny.pt").write_bytes(b"not the weights")
-    with pytest.raises(CheckpointError, match="does not match the known sam2.1_hiera_tiny"):
+    with pytest.raises(CheckpointError, match="sam2.1_hiera_tiny.pt: 15 bytes, but the "
+                                              "sam2.1_hiera_tiny checkpoint has 156,008,466") as ei:
         load_sam2("sam2.1_hiera_tiny")
+    assert "\n" not in str(ei.value)
+    (tmp_path / "sam2.1_hiera_large.pt").write_bytes(b"not the weights")
+    with pytest.raises(CheckpointError, match="does not match the known sam2.1_hiera_large") as ei:
+        load_sam2("sam2.1_hiera_large")
+    assert "\n" not in str(ei.value)
+    assert (tmp_path / "sam2.1_hiera_large.pt").read_bytes() == b"not the weights"
+
+
+@pytest.mark.parametrize("name", ["sam2.1_hiera_tiny", "sam2.1_hiera_small"])
+def test_cache_entry_that_is_a_folder_is_refused_in_one_line(tmp_path, monkeypatch, name):
+    """Pinned (tiny) and unpinned (small) alike: a folder in the file's place is named."""
+    monkeypatch.setenv("SEGMENT_EVERYTHING_CACHE", str(tmp_path))
+    (tmp_path / f"{name}.pt").mkdir()
+    with pytest.raises(CheckpointError, match=f"{name}.pt: is a folder, not the {name} "
+                                              "checkpoint file") as ei:
+        load_model(name)
+    assert "\n" not in str(ei.value)
+
+
+def test_truncated_unpinned_file_in_the_cache_is_refused_in_one_line(tmp_path, monkeypatch):
+    """No size or sha256 is published for small: a cut-off copy fails when it is read."""
+    monkeypatch.setenv("SEGMENT_EVERYTHING_CACHE", str(tmp_path))
+    whole = tmp_path / "whole.pt"
+    save_skeleton(whole, "sam2.1_hiera_small")
+    data = whole.read_bytes()
+    (tmp_path / "sam2.1_hiera_small.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="sam2.1_hiera_small.pt: not a loadable torch "
+                                              "checkpoint, truncated or another kind of file") as ei:
+        load_model("sam2.1_hiera_small")
+    assert "\n" not in str(ei.value)
 
 
 # ---------------------------------------------------------------- detection and errors

@@ -138,7 +138,7 @@ def test_records_have_no_invented_sha256():
 def test_no_automatic_download_without_sha256(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGMENT_EVERYTHING_CACHE", str(tmp_path))
 
-    def no_network(src, dest, timeout):
+    def no_network(src, rec, folder, timeout):
         raise AssertionError("must not download a file without a published sha256")
 
     monkeypatch.setattr("sam_model.checkpoints._fetch_url", no_network)
@@ -158,6 +158,23 @@ def test_user_supplied_file_in_the_cache_is_used(tmp_path, monkeypatch):
     assert isinstance(model, SamHQ)
     assert torch.equal(model.state_dict()["mask_decoder.hf_token.weight"],
                        sd["mask_decoder.hf_token.weight"])
+
+
+def test_folder_or_truncated_file_in_the_cache_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGMENT_EVERYTHING_CACHE", str(tmp_path))
+    (tmp_path / "sam_hq_vit_b.pth").mkdir()
+    with pytest.raises(CheckpointError, match="sam_hq_vit_b.pth: is a folder, not the "
+                                              "sam_hq_vit_b checkpoint file") as ei:
+        load_model("sam_hq_vit_b")
+    assert "\n" not in str(ei.value)
+    whole = tmp_path / "whole.pth"
+    save_skeleton(whole, "sam_hq_vit_tiny")
+    data = whole.read_bytes()
+    (tmp_path / "sam_hq_vit_tiny.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="sam_hq_vit_tiny.pth: not a loadable torch "
+                                              "checkpoint, truncated") as ei:
+        load_model("sam_hq_vit_tiny")
+    assert "\n" not in str(ei.value)
 
 
 def test_build_model_knows_the_hq_sizes():

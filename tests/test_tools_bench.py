@@ -150,3 +150,55 @@ def test_profile_stages_bad_set_is_named(capsys):
     prof = load_tool("profile_stages")
     assert prof.main([str(shared_path("images", "dog.jpg")), "--set", "points_per_side"]) == 2
     assert "points_per_side" in capsys.readouterr().err
+
+
+def test_background_load_runs_and_stops_busy_processes():
+    bench = load_tool("bench")
+    import os
+    with bench.background_load(2):
+        children = [p for p in os.listdir("/proc") if p.isdigit() and _parent(p) == os.getpid()]
+        assert len(children) == 2
+        assert all(_state(p) in "RS" for p in children)
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _parent(p) == os.getpid()
+                and _state(p) != "Z"]
+
+
+def _parent(pid: str) -> int:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _state(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def test_peer_without_ultralytics_is_a_usage_error(monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "ultralytics", None)  # not installed
+    bench = load_tool("bench")
+    with pytest.raises(SystemExit) as exc:
+        bench.main([str(shared_path("images", "dog.jpg")), "--peer", "ultralytics",
+                    "--no-reference"])
+    assert exc.value.code == 2
+    assert "ultralytics is not installed" in capsys.readouterr().err
+
+
+def test_sweep_resize_and_plot(tmp_path):
+    bench = load_tool("bench")
+    image = np.zeros((400, 600, 3), np.uint8)
+    out = bench.resized_to(image, 0.96)  # 4x the pixels: 2x each side
+    assert out.shape == (800, 1200, 3) and out.dtype == np.uint8
+    assert bench.resized_to(image, 0.06).shape == (200, 300, 3)
+    rows = [{"axis": "points", "value": v, "megapixels": 0.24, "ours_s": v / 8, "ours_peak_mb": 900.0,
+             **({"ref_s": v, "ref_peak_mb": 1500.0} if v < 32 else {})} for v in (8, 16, 32)]
+    rows += [{"axis": "size", "value": mp, "megapixels": mp, "ours_s": mp, "ours_peak_mb": 800 + mp}
+             for mp in (0.3, 1.0)]
+    path = tmp_path / "img" / "sweep.png"
+    pytest.importorskip("matplotlib")
+    bench.plot_sweep(rows, path, "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

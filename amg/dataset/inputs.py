@@ -4,7 +4,10 @@ An input is one of
 - an image file, taken as given (whatever its extension, so a bad one is reported, not skipped);
 - a folder: its image files (:data:`IMAGE_EXTENSIONS`) searched recursively, or the files
   matching ``pattern`` (``Path.glob`` syntax relative to the folder, e.g. ``"**/*.png"`` or
-  ``"*.jpg"``), sorted by path, hidden files and folders excluded;
+  ``"*.jpg"``), sorted by path, hidden files and folders excluded. Entries named like images
+  that are not files — a folder named ``x.jpg``, a broken symbolic link, a pipe — are kept
+  too, so that the run lists each of them in ``errors.csv`` with the reason
+  (:func:`amg.io.load_image` names it) instead of skipping it without a word;
 - a list file, given as ``@list.txt`` or with ``--list``: one path per line (a file or folder,
   expanded as above), blank lines and lines starting with ``#`` ignored, relative paths taken
   relative to the list file's folder.
@@ -14,6 +17,7 @@ The result is de-duplicated (by resolved path, first occurrence kept) and keeps 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -45,19 +49,34 @@ def read_list_file(path: str | Path) -> list[Path]:
 
 
 def folder_images(folder: Path, pattern: str | None = None, recursive: bool = True) -> list[Path]:
-    """The files a folder contributes, sorted by path, hidden files and folders excluded.
+    """The entries a folder contributes, sorted by path, hidden files and folders excluded.
 
     Args:
         folder: the folder.
         pattern: ``Path.glob`` pattern relative to ``folder`` (any extension); ``None``: the
             files with an image extension (:data:`IMAGE_EXTENSIONS`, any case).
         recursive: with ``pattern=None``, search sub-folders too.
+
+    Returns:
+        The matching files, and the matching entries that are not files but named like images
+        (a folder ``x.jpg``, a broken link): reading them fails with the reason, so the run
+        reports them. A folder is searched whatever its name.
     """
     glob = pattern if pattern is not None else ("**/*" if recursive else "*")
-    return sorted(f for f in folder.glob(glob)
-                  if f.is_file()
-                  and (pattern is not None or f.suffix.lower() in IMAGE_EXTENSIONS)
-                  and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+    found = []
+    for f in folder.glob(glob):
+        if any(part.startswith(".") for part in f.relative_to(folder).parts):
+            continue
+        named_like_an_image = f.suffix.lower() in IMAGE_EXTENSIONS
+        if f.is_file():
+            keep = pattern is not None or named_like_an_image
+        elif f.is_dir():
+            keep = named_like_an_image
+        else:  # a broken link, a pipe, a socket...
+            keep = pattern is not None or named_like_an_image
+        if keep:
+            found.append(f)
+    return sorted(found)
 
 
 def unique_paths(paths: Iterable[Path]) -> list[Path]:
@@ -80,10 +99,15 @@ def _expand(items: Iterable[tuple[Path, str]], pattern: str | None, recursive: b
             found.extend(folder_images(p, pattern, recursive))
         elif p.is_file():
             found.append(p)
-        elif origin == "input":
-            raise FileNotFoundError(f"input not found: {p}")
         else:
-            raise FileNotFoundError(f"input not found: {p} ({origin})")
+            where = [] if origin == "input" else [origin]
+            if p.is_symlink():
+                where.insert(0, f"a broken symbolic link to {os.readlink(p)}")
+            elif p.exists():
+                found.append(p)  # a pipe or device given by name: reported when read
+                continue
+            raise FileNotFoundError(f"input not found: {p}"
+                                    + (f" ({'; '.join(where)})" if where else ""))
     return unique_paths(found)
 
 

@@ -11,55 +11,57 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
-from ..io import load_image
 from .jobs import ImageJob
 from .options import RunOptions
-from .processing import ImageProcessor, failure_reason, load_generator
+from .processing import ImageProcessor, decode_image, failure_reason
 from .progress import Progress
+from .state import RunStopped
 from .threads import TorchThreads
 
 __all__ = ["run_local_jobs"]
 
 
-def _prefetch(jobs: list[ImageJob], pool: ThreadPoolExecutor, ahead: int
-              ) -> Iterator[tuple[ImageJob, Future]]:
-    """``(job, future of load_image(job.path))`` in job order, at most ``ahead`` decoding."""
+def _prefetch(jobs: list[ImageJob], pool: ThreadPoolExecutor, ahead: int,
+              max_pixels: int | None) -> Iterator[tuple[ImageJob, Future]]:
+    """``(job, future of decode_image(job.path))`` in job order, at most ``ahead`` decoding."""
     queue: deque[tuple[ImageJob, Future]] = deque()
     it = iter(jobs)
     for job in it:
-        queue.append((job, pool.submit(load_image, job.path)))
+        queue.append((job, pool.submit(decode_image, job.path, max_pixels)))
         if len(queue) >= ahead:
             break
     while queue:
         yield queue.popleft()
         nxt = next(it, None)
         if nxt is not None:
-            queue.append((nxt, pool.submit(load_image, nxt.path)))
+            queue.append((nxt, pool.submit(decode_image, nxt.path, max_pixels)))
 
 
-def run_local_jobs(jobs: list[ImageJob], options: RunOptions, progress: Progress) -> None:
+def run_local_jobs(jobs: list[ImageJob], options: RunOptions, progress: Progress,
+                   processor: ImageProcessor) -> None:
     """The local engine: decode ahead on ``options.workers`` threads (bounded, in order), run
-    the model on this thread, write outputs behind on the same threads (bounded).
-
-    The model is loaded when the first image decodes, so a resume whose remaining images are
-    all unreadable does not load it.
+    the model of ``processor`` (loaded by the caller, before the run starts) on this thread,
+    write outputs behind on the same threads (bounded).
 
     Raises:
-        sam_model.CheckpointError: the model cannot be loaded.
+        RunStopped: the outputs cannot be written (disk full...); the writes already submitted
+            are finished or abandoned first, and every finished image keeps its done marker.
     """
-    device = options.device or "cpu"
     with TorchThreads(options.threads):
-        processor: ImageProcessor | None = None  # the model loads with the first good image
         writes: deque[tuple[ImageJob, Future]] = deque()
 
         def collect(job: ImageJob, fut: Future) -> None:
             try:
-                progress.ok(job, fut.result())
+                n_masks = fut.result()
+            except RunStopped:
+                raise
             except Exception as exc:  # one image's failure never stops the run
                 progress.fail(job, failure_reason(job.path, exc))
+            else:
+                progress.ok(job, n_masks)
 
         with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="amg-io") as pool:
-            for job, decoded in _prefetch(jobs, pool, ahead=2 * options.workers):
+            for job, decoded in _prefetch(jobs, pool, 2 * options.workers, options.max_pixels):
                 try:
                     image, note = decoded.result()
                 except Exception as exc:  # noqa: BLE001 - recorded, and the run goes on
@@ -67,8 +69,6 @@ def run_local_jobs(jobs: list[ImageJob], options: RunOptions, progress: Progress
                     continue
                 if note:
                     progress.note(job, note)
-                if processor is None:
-                    processor = ImageProcessor(load_generator(options, device), options)
                 try:
                     records = processor.generate(image)
                 except Exception as exc:  # noqa: BLE001 - recorded, and the run goes on

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["output_stems", "coco_file_names"]
+__all__ = ["output_stems", "visible_name", "coco_file_names", "image_root_folder"]
 
 
 def output_stems(paths: list[Path]) -> list[str]:
@@ -19,8 +19,11 @@ def output_stems(paths: list[Path]) -> list[str]:
     shortest tail of its path that tells the group apart, parts joined by ``__``: first
     ``folder__stem`` (``a/dog.jpg`` and ``b/dog.jpg`` give ``a__dog`` and ``b__dog``), then the
     same tail with the extension (``dog.jpg`` and ``dog.png`` give ``dog.jpg`` and ``dog.png``),
-    then one more folder, and so on. A name still taken after that gets ``-2``, ``-3``... in
-    input order.
+    then one more folder, and so on. A name that would start with ``.`` (``..jpg`` has the stem
+    ``.``, ``...jpg`` the stem ``..``, ``.hidden.png`` ``.hidden``) has its leading dots replaced
+    by ``_`` (``_``, ``__``, ``_hidden``), so that every output stays a visible file inside its
+    folder (``masks/..`` would be the output folder itself). A name still taken after that gets
+    ``-2``, ``-3``... in input order.
 
     Args:
         paths: the image files, in run order.
@@ -54,6 +57,7 @@ def output_stems(paths: list[Path]) -> list[str]:
             names[i] = t
     out, used = [], set()
     for name in names:
+        name = visible_name(name)
         candidate, k = name, 1
         while candidate in used:
             k += 1
@@ -61,6 +65,14 @@ def output_stems(paths: list[Path]) -> list[str]:
         used.add(candidate)
         out.append(candidate)
     return out
+
+
+def visible_name(name: str) -> str:
+    """``name`` with its leading dots replaced by ``_`` (``"."`` -> ``"_"``, ``".."`` -> ``"__"``,
+    ``".a"`` -> ``"_a"``), and ``"_"`` for an empty name: never a hidden file, the folder itself
+    or its parent."""
+    stripped = name.lstrip(".")
+    return ("_" * (len(name) - len(stripped)) + stripped) or "_"
 
 
 def coco_file_names(paths: list[Path], image_root: str | Path | None = None) -> list[str]:
@@ -81,10 +93,7 @@ def coco_file_names(paths: list[Path], image_root: str | Path | None = None) -> 
     if not paths:
         return []
     resolved = [p.resolve() for p in paths]
-    if image_root is None:
-        root = Path(os.path.commonpath([str(p.parent) for p in resolved]))
-    else:
-        root = Path(image_root).resolve()
+    root = image_root_folder(paths, image_root)
     names = []
     for p, r in zip(paths, resolved):
         try:
@@ -92,3 +101,11 @@ def coco_file_names(paths: list[Path], image_root: str | Path | None = None) -> 
         except ValueError:
             raise ValueError(f"image {p} is not under --image-root {image_root}") from None
     return names
+
+
+def image_root_folder(paths: list[Path], image_root: str | Path | None = None) -> Path:
+    """The folder the COCO ``file_name`` of :func:`coco_file_names` is relative to, resolved:
+    ``image_root``, or the deepest folder holding every image (``paths`` not empty then)."""
+    if image_root is not None:
+        return Path(image_root).resolve()
+    return Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))

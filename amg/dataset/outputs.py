@@ -1,25 +1,39 @@
-"""Output writers of a dataset run: JSON records, COCO instances, PNG masks, label maps, overlays.
+"""Output writers of a dataset run: JSON records, COCO instances, Label Studio tasks, YOLO
+labels, PNG masks, label maps, overlays.
 
 Layout under the output folder ``DIR`` (``<stem>`` is the image's output name, see
-:func:`amg.dataset.names.output_stems`):
+:func:`amg.dataset.names.output_stems`; ``<subset>`` is ``--subset``, ``default`` unless given;
+``<file_name>`` is the image's COCO ``file_name``, its path relative to the image root or the
+``--coco-images`` entry's):
 
-=============  =================================================================================
-format         files
-=============  =================================================================================
-``json``       ``DIR/<stem>.json``: the image's mask-record list (COCO RLE ``segmentation``)
-``coco``       ``DIR/coco/instances.json``: one COCO instances file for the whole run
-``png``        ``DIR/masks/<stem>/<i>.png`` (0/255 uint8, one per mask, ``i`` from 0) and
-               ``DIR/masks/<stem>/metadata.csv`` (the reference ``scripts/amg.py`` layout)
-``labelmap``   ``DIR/labelmaps/<stem>.png``: 16-bit, pixel = id of the smallest mask covering it
-``overlay``    ``DIR/overlays/<stem>.png``: the photo with every mask tinted and outlined
-=============  =================================================================================
+================  ==============================================================================
+format            files
+================  ==============================================================================
+``json``          ``DIR/<stem>.json``: the image's mask-record list (COCO RLE ``segmentation``)
+``coco``          ``DIR/annotations/instances_<subset>.json``: one COCO instances file for the
+                  run, and ``DIR/images/<subset>/<file_name>`` (the images, linked): the layout
+                  of CVAT's "COCO 1.0" and Datumaro's ``coco_instances``
+``label-studio``  ``DIR/label-studio/tasks.json`` and ``labeling-config.xml``
+                  (:mod:`amg.dataset.label_studio`)
+``yolo``          ``DIR/labels/<subset>/<file_name>.txt``, ``DIR/images/<subset>/<file_name>``
+                  and ``DIR/data.yaml`` (:mod:`amg.dataset.yolo`)
+``png``           ``DIR/masks/<stem>/<i>.png`` (0/255 uint8, one per mask, ``i`` from 0) and
+                  ``DIR/masks/<stem>/metadata.csv`` (the reference ``scripts/amg.py`` layout)
+``labelmap``      ``DIR/labelmaps/<stem>.png``: 16-bit, pixel = id of the smallest mask covering it
+``overlay``       ``DIR/overlays/<stem>.png``: the photo with every mask tinted and outlined
+================  ==============================================================================
 
 Ids: the records of an image are kept in one order everywhere — the order of
 ``DIR/<stem>.json`` — so record ``i`` (0-based) is ``masks/<stem>/<i>.png``, the row ``id = i``
 of ``metadata.csv``, label ``i + 1`` in the label map, and colour ``i`` in the overlay; in the
-COCO file (RLE segmentation) it is the image's ``i``-th annotation.
+COCO file (RLE segmentation) it is the image's ``i``-th annotation, in the Label Studio task
+the result ``m<i>`` (polygons: ``m<i>-<k>``).
 
-Every file is written with :func:`amg.io.write_atomic` (complete or absent).
+Images under ``DIR/images/<subset>/`` are hard links to the input files (no copy), or symbolic
+links where the output is on another file system.
+
+Every file is written with :func:`amg.io.write_atomic` (complete or absent), every link with
+:func:`link_image` (replaced by rename).
 """
 
 from __future__ import annotations
@@ -28,7 +42,8 @@ import colorsys
 import csv
 import io
 import json
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
 import cv2
@@ -39,16 +54,17 @@ from ..io import open_atomic, write_atomic
 from ..rle import bytes_counts, str_counts
 from .polygons import DEFAULT_MIN_POLYGON_AREA, mask_to_polygons
 
-FORMATS = ("json", "coco", "png", "labelmap", "overlay")
+FORMATS = ("json", "coco", "label-studio", "yolo", "png", "labelmap", "overlay")
+DEFAULT_SUBSET = "default"
 SEGMENTATIONS = ("rle", "polygon")
 METADATA_HEADER = ["id", "area", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h", "point_input_x",
                    "point_input_y", "predicted_iou", "stability_score", "crop_box_x0",
                    "crop_box_y0", "crop_box_w", "crop_box_h"]
 MAX_LABEL = np.iinfo(np.uint16).max
 
-__all__ = ["FORMATS", "SEGMENTATIONS", "OutputPaths", "decode_mask", "label_map", "mask_colors",
-           "overlay_image", "metadata_header", "metadata_rows", "coco_annotations", "assemble_coco", "write_coco",
-           "write_image_outputs"]
+__all__ = ["FORMATS", "SEGMENTATIONS", "DEFAULT_SUBSET", "OutputPaths", "decode_mask", "label_map",
+           "mask_colors", "overlay_image", "metadata_header", "metadata_rows", "coco_annotations",
+           "assemble_coco", "write_coco", "link_image", "write_image_outputs"]
 
 
 class OutputPaths:
@@ -56,12 +72,33 @@ class OutputPaths:
 
     Args:
         root: the run's output folder ``DIR``.
+        subset: the subset name of the COCO and YOLO layouts.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, subset: str = DEFAULT_SUBSET) -> None:
         self.root = Path(root)
-        self.coco = self.root / "coco" / "instances.json"
+        self.subset = subset
+        self.coco = self.root / "annotations" / f"instances_{subset}.json"
+        self.label_studio_tasks = self.root / "label-studio" / "tasks.json"
+        self.label_studio_config = self.root / "label-studio" / "labeling-config.xml"
+        self.yolo_data = self.root / "data.yaml"
         self.errors = self.root / "errors.csv"
+
+    def dataset_image(self, file_name: str) -> Path:
+        """``DIR/images/<subset>/<file_name>`` (COCO and YOLO layouts).
+
+        Raises:
+            ValueError: ``file_name`` is absolute or climbs out with ``..``.
+        """
+        return self.root / "images" / self.subset / _relative(file_name)
+
+    def yolo_labels(self, file_name: str) -> Path:
+        """``DIR/labels/<subset>/<file_name>`` with the extension ``.txt``.
+
+        Raises:
+            ValueError: ``file_name`` is absolute or climbs out with ``..``.
+        """
+        return self.root / "labels" / self.subset / _relative(file_name).with_suffix(".txt")
 
     def json(self, stem: str) -> Path:
         """``DIR/<stem>.json``."""
@@ -92,6 +129,33 @@ class OutputPaths:
             elif f == "overlay":
                 out.append(self.overlay(stem))
         return out
+
+
+def _relative(file_name: str) -> PurePosixPath:
+    """A COCO ``file_name`` as a relative path that stays inside its folder."""
+    p = PurePosixPath(file_name)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise ValueError(f"file_name {file_name!r} is not a relative path inside the dataset")
+    return p
+
+
+def link_image(src: Path, dst: Path) -> None:
+    """Put the image ``src`` at ``dst``: a hard link, or a symbolic link to ``src``'s absolute
+    path where a hard link is impossible (another file system); atomically replaces ``dst``.
+
+    Raises:
+        OSError: neither link can be made.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() and not dst.is_symlink() and os.path.samefile(src, dst):
+        return  # already this file (renaming a hard link onto its twin would do nothing)
+    tmp = dst.with_name(f".{dst.name}.link.part")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        os.symlink(Path(src).resolve(), tmp)
+    os.replace(tmp, dst)
 
 
 def decode_mask(segmentation: dict[str, Any]) -> np.ndarray:
@@ -186,8 +250,13 @@ def overlay_image(image: np.ndarray, records: list[dict[str, Any]],
     colors = mask_colors(len(records))
     lut = np.zeros((len(records) + 1, 3), np.uint16)  # row 0: no mask
     lut[1:] = colors
-    blended = ((image.astype(np.uint16) + lut[labels] + 1) >> 1).astype(np.uint8)
-    out = np.where((labels > 0)[..., None], blended, image)
+    out = image.copy()
+    for y in range(0, hw[0], 256):  # in bands of rows: a few bytes per pixel of a band at most
+        lab = labels[y:y + 256]
+        covered = lab > 0
+        if covered.any():
+            photo = out[y:y + 256]
+            photo[covered] = (photo[covered].astype(np.uint16) + lut[lab[covered]] + 1) >> 1
     thickness = outline_thickness(hw)
     for i in _paint_order(records):
         seg = records[i]["segmentation"]
@@ -262,7 +331,9 @@ def coco_annotations(records: list[dict[str, Any]], segmentation: str = "rle",
         pycocotools decodes it); ``bbox`` XYWH in COCO's convention (``w`` = number of columns,
         so one more than the records' ``bbox`` width, ``pycocotools.mask.toBbox``); ``iscrowd``
         0; ``score`` (the predicted IoU); ``stability_score``; ``point_coords`` and ``crop_box``
-        (XYWH) as in the records; ``reserve`` when the records have it (reserve filters).
+        (XYWH) as in the records; ``reserve`` when the records have it (reserve filters); and
+        ``attributes``: ``{"predicted_iou", "stability_score"}`` (and ``"reserve"``), the
+        per-annotation attributes that CVAT and Datumaro read from COCO files.
 
     Raises:
         ValueError: unknown ``segmentation``.
@@ -291,6 +362,8 @@ def coco_annotations(records: list[dict[str, Any]], segmentation: str = "rle",
             "point_coords": r["point_coords"],
             "crop_box": r["crop_box"],
             **({"reserve": r["reserve"]} if "reserve" in r else {}),
+            "attributes": {"predicted_iou": r["predicted_iou"], "stability_score": r["stability_score"],
+                           **({"reserve": r["reserve"]} if "reserve" in r else {})},
         })
     return anns
 
@@ -363,7 +436,9 @@ def write_coco(path: Path, images: list[dict[str, Any]],
 
 def write_image_outputs(paths: OutputPaths, stem: str, image: np.ndarray,
                         records: list[dict[str, Any]], formats: Iterable[str]) -> None:
-    """Write one image's per-image outputs (every format but ``coco``, which is per run).
+    """Write one image's own files of the formats ``json``, ``png``, ``labelmap`` and
+    ``overlay`` (the others are written per run, or need the image's source path and file name:
+    :class:`amg.dataset.processing.ImageProcessor`); other format names are accepted and skipped.
 
     Args:
         paths: the run's :class:`OutputPaths`.

@@ -13,6 +13,7 @@ from ..io import write_atomic
 from .jobs import ImageJob
 from .options import RunOptions
 from .outputs import OutputPaths
+from .state import RunStopped
 
 __all__ = ["Progress"]
 
@@ -55,15 +56,23 @@ class Progress:
         self.write_errors()
 
     def write_errors(self) -> None:
-        """``DIR/errors.csv`` (``path,reason``, input order), or no such file when none failed."""
-        if not self.failed:
-            self.paths.errors.unlink(missing_ok=True)
-            return
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "reason"])
-        w.writerows(self.failed[i] for i in sorted(self.failed))
-        write_atomic(self.paths.errors, buf.getvalue())
+        """``DIR/errors.csv`` (``path,reason``, input order), or no such file when none failed.
+
+        Raises:
+            RunStopped: the file cannot be written (disk full, or any other ``OSError``: the
+                earlier ``errors.csv`` is left as it was).
+        """
+        try:
+            if not self.failed:
+                self.paths.errors.unlink(missing_ok=True)
+                return
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(["path", "reason"])
+            w.writerows(self.failed[i] for i in sorted(self.failed))
+            write_atomic(self.paths.errors, buf.getvalue())
+        except OSError as exc:
+            raise RunStopped(f"cannot write {self.paths.errors}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         """Close the progress bar."""

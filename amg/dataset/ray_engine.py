@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from ..io import ImageReadError, load_image
+from ..io import DEFAULT_MAX_PIXELS, ImageReadError
 from .jobs import ImageJob
 from .options import RunOptions
-from .processing import ImageProcessor, failure_reason, load_generator
+from .processing import ImageProcessor, decode_image, failure_reason, load_generator
 from .progress import Progress
+from .state import RunStopped
 from .threads import TorchThreads
 
 __all__ = ["run_ray_jobs", "SegmentActor", "decode_row", "plan_actors"]
@@ -41,8 +42,8 @@ __all__ = ["run_ray_jobs", "SegmentActor", "decode_row", "plan_actors"]
 EMPTY_IMAGE = np.zeros((0, 0, 3), np.uint8)
 
 
-def decode_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Ray Data ``map`` step: decode ``row["path"]``.
+def decode_row(row: dict[str, Any], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
+    """Ray Data ``map`` step: decode ``row["path"]`` (:func:`amg.dataset.processing.decode_image`).
 
     Returns:
         The row plus ``image`` ((H, W, 3) uint8 RGB, or (0, 0, 3) on failure), ``note`` (a
@@ -50,7 +51,7 @@ def decode_row(row: dict[str, Any]) -> dict[str, Any]:
     """
     path = Path(row["path"])
     try:
-        image, note = load_image(path)
+        image, note = decode_image(path, max_pixels)
         error = ""
     except ImageReadError as exc:
         image, note, error = EMPTY_IMAGE, None, failure_reason(path, exc)
@@ -161,7 +162,7 @@ def run_ray_jobs(jobs: list[ImageJob], options: RunOptions, progress: Progress) 
                  "file_name": j.file_name} for j in jobs]
         ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 1024))
         # A fractional CPU keeps decoding a separate (unfused) step beside the model actors.
-        ds = ds.map(decode_row, num_cpus=0.5)
+        ds = ds.map(decode_row, num_cpus=0.5, fn_kwargs={"max_pixels": options.max_pixels})
         ds = ds.map_batches(
             SegmentActor, batch_size=1, batch_format="numpy",
             fn_constructor_kwargs={"options": options, "device": plan["device"],
@@ -173,6 +174,8 @@ def run_ray_jobs(jobs: list[ImageJob], options: RunOptions, progress: Progress) 
             job = by_index[int(row["index"])]
             if row["note"]:
                 progress.note(job, str(row["note"]))
+            if str(row["error"]).startswith("RunStopped: "):  # disk full: stop, as locally
+                raise RunStopped(str(row["error"])[len("RunStopped: "):])
             if row["error"]:
                 progress.fail(job, str(row["error"]))
             else:

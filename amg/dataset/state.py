@@ -2,7 +2,8 @@
 
 It holds ``run.json`` (the parameters that shape the outputs, :meth:`RunOptions.fingerprint
 <amg.dataset.options.RunOptions.fingerprint>`), ``done/<stem>.json`` (one marker per finished
-image: source path, size and mtime, mask count, its COCO annotations) and ``lock`` (an
+image: source path, size and mtime, mask count, its COCO annotations and Label Studio task
+when those formats are asked for) and ``lock`` (an
 advisory ``flock`` held while a run writes). An image counts as finished only while its marker
 exists and still matches the source file, so a killed run resumes where it stopped.
 """
@@ -17,7 +18,7 @@ from typing import Any
 from ..io import write_atomic
 from .jobs import ImageJob
 
-__all__ = ["STATE_DIR", "RunMismatch", "RunLocked", "RunState"]
+__all__ = ["STATE_DIR", "RunMismatch", "RunLocked", "RunStopped", "RunState"]
 
 STATE_DIR = ".segment-everything"
 
@@ -28,6 +29,11 @@ class RunMismatch(ValueError):
 
 class RunLocked(RuntimeError):
     """Another run is writing to the same output folder."""
+
+
+class RunStopped(RuntimeError):
+    """The run stopped before its end because its outputs cannot be written (disk full, quota,
+    read-only file system); finished images are kept and the same command resumes the run."""
 
 
 class RunState:
@@ -74,7 +80,7 @@ class RunState:
             shutil.rmtree(self.done_dir)
 
     def check_parameters(self, fingerprint: dict[str, Any]) -> None:
-        """Store the run's parameters, or compare them with the stored ones.
+        """Compare the run's parameters with the stored ones, if any (nothing is written).
 
         Raises:
             RunMismatch: the folder holds a run with other parameters (each difference named).
@@ -91,8 +97,24 @@ class RunState:
                     f"{self.dir.parent} holds a run started with other parameters ({diffs}); "
                     f"run again with the same parameters to resume it, or add --overwrite to "
                     f"start over")
-            return
-        write_atomic(path, json.dumps(_jsonable(fingerprint), indent=1, sort_keys=True))
+
+    def store_parameters(self, fingerprint: dict[str, Any]) -> None:
+        """Store the run's parameters in ``run.json`` (once the run has really started)."""
+        path = self.dir / "run.json"
+        if not path.is_file():
+            write_atomic(path, json.dumps(_jsonable(fingerprint), indent=1, sort_keys=True))
+
+    def discard_unstarted(self, created: list[Path]) -> None:
+        """Undo what taking the lock created when the run did not start: the lock file when
+        the state folder is among ``created``, then each folder of ``created`` (deepest first)
+        that is empty."""
+        if self.dir in created:
+            (self.dir / "lock").unlink(missing_ok=True)
+        for folder in sorted(created, key=lambda f: len(f.parts), reverse=True):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
     def marker(self, stem: str) -> Path:
         """The done marker of an image."""
@@ -109,18 +131,19 @@ class RunState:
             return None
         return part
 
-    def annotations(self, job: ImageJob) -> list[dict[str, Any]]:
-        """The COCO annotations stored in a finished image's done marker.
+    def stored(self, job: ImageJob, key: str) -> Any:
+        """A per-run output's part stored in a finished image's done marker: ``annotations``
+        (its COCO annotations) or ``label_studio`` (its Label Studio task).
 
         Raises:
-            RuntimeError: the marker vanished or has no annotations (it was written by a run
-                without the ``coco`` format, which the parameter check rules out).
+            RuntimeError: the marker vanished or lacks ``key`` (it was written by a run
+                without that format, which the parameter check rules out).
         """
         part = self.finished(job)
-        if part is None or "annotations" not in part:
-            raise RuntimeError(f"{self.marker(job.stem)}: done marker missing or without COCO "
-                               "annotations; rerun with --overwrite")
-        return part["annotations"]
+        if part is None or key not in part:
+            raise RuntimeError(f"{self.marker(job.stem)}: done marker missing or without "
+                               f"{key!r}; rerun with --overwrite")
+        return part[key]
 
     def mark_done(self, job: ImageJob, part: dict[str, Any]) -> None:
         """Write the image's done marker (atomically, after all its outputs)."""

@@ -178,6 +178,7 @@ def spy_real_generator(monkeypatch):
 
     monkeypatch.setattr(sam_model, "load_model",
                         lambda name, device="cpu": sam_model.build_model(name, device))
+    monkeypatch.setattr(sam_model, "fetch_checkpoint", lambda name, *a, **k: Path(name))  # start check
     monkeypatch.setattr(amg.generator.MaskGenerator, "__init__", spy_init)
     monkeypatch.setattr(amg.generator.MaskGenerator, "generate", lambda self, image: [])
     return seen
@@ -276,7 +277,9 @@ def test_argparse_errors_exit_2(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as ei:
         main(argv)
     assert ei.value.code == 2
-    assert "usage: segment-everything" in capsys.readouterr().err
+    err = capsys.readouterr().err  # one line, not the whole usage text
+    assert err.startswith("segment-everything: error: ") and err.count("\n") == 1, err
+    assert err.endswith(" (see segment-everything --help)\n")
 
 
 def test_generation_flags_are_the_config_fields_with_help_and_default(monkeypatch):

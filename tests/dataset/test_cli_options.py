@@ -80,7 +80,7 @@ def test_formats_filters_and_polygons_through_the_command(tmp_path, capsys, box_
     kept = json.loads((out / "dog.json").read_text())
     assert kept == [full[0], full[4]]
     assert sorted(os.listdir(out / "masks" / "dog")) == ["0.png", "1.png", "metadata.csv"]
-    api = COCO(str(out / "coco" / "instances.json"))
+    api = COCO(str(out / "annotations" / "instances_default.json"))
     assert api.loadCats(1)[0]["name"] == "thing"
     assert api.loadImgs(1)[0] == {"id": 1, "file_name": "dog.jpg", "width": 800, "height": 534}
     anns = api.loadAnns(api.getAnnIds(imgIds=1))
@@ -104,14 +104,14 @@ def test_list_files_at_files_and_glob(tmp_path, capsys, box_generator):
     out = tmp_path / "out"
     rc = main([f"@{lst}", "-o", str(out), "--glob", "*.jpg", "--format", "coco", "--no-progress"])
     assert rc == 0, capsys.readouterr().err
-    coco = json.loads((out / "coco" / "instances.json").read_text())
+    coco = json.loads((out / "annotations" / "instances_default.json").read_text())
     # dog from the list, then the folder b by the glob (the png is not matched)
     assert [(i["id"], i["file_name"]) for i in coco["images"]] == [(1, "a/dog.jpg"), (2, "b/picture1.jpg")]
     out2 = tmp_path / "out2"
     rc = main([str(data / "a" / "groceries.jpg"), "--list", str(lst), "-o", str(out2),
                "--image-root", str(data), "--format", "coco", "--no-progress"])
     assert rc == 0, capsys.readouterr().err
-    coco = json.loads((out2 / "coco" / "instances.json").read_text())
+    coco = json.loads((out2 / "annotations" / "instances_default.json").read_text())
     assert [i["file_name"] for i in coco["images"]] == [
         "a/groceries.jpg", "a/dog.jpg", "b/copy.png", "b/picture1.jpg"]
     # a listed path that does not exist is a usage error naming it and the list
@@ -196,7 +196,7 @@ def test_engine_flags_reach_the_run(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--segmentation", "polygon"], "--segmentation polygon applies to the COCO output"),
+    (["--segmentation", "polygon"], "--segmentation polygon applies to the COCO and Label Studio outputs"),
     (["--min-area", "10", "--max-area", "5"], "--min-area (10) must be <= --max-area (5)"),
     (["--min-area", "-1"], "--min-area must be an integer >= 0"),
     (["--mask-nms-thresh", "0"], "--mask-nms-thresh must be in (0, 1]"),

@@ -13,7 +13,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from amg.dataset.outputs import (METADATA_HEADER, OutputPaths, assemble_coco, coco_annotations,
-                                 coco_json, decode_mask, label_map, mask_colors, metadata_rows,
+                                 coco_json, decode_mask, label_map, link_image, mask_colors, metadata_rows,
                                  outline_thickness, overlay_image, write_coco, write_image_outputs)
 from amg.rle import mask_to_coco_rle
 
@@ -117,9 +117,12 @@ def test_coco_annotations_and_file_load(tmp_path):
     assert a["score"] == 0.93 and a["stability_score"] == 0.97
     assert rle_anns[1]["bbox"] == [30, 0, 1, 1] and rle_anns[1]["area"] == 1
     assert all("reserve" not in a for a in rle_anns)
+    # CVAT's and Datumaro's per-annotation attributes
+    assert a["attributes"] == {"predicted_iou": 0.93, "stability_score": 0.97}
     # Records of a generator with reserve filters carry the flag into the annotations.
     flagged = [dict(recs[0], reserve=False), dict(recs[1], reserve=True)]
     assert [a["reserve"] for a in coco_annotations(flagged, "rle")] == [False, True]
+    assert [a["attributes"]["reserve"] for a in coco_annotations(flagged, "rle")] == [False, True]
     images = [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30},
               {"id": 3, "file_name": "sub/b.png", "width": 40, "height": 30}]
     for anns in (rle_anns, poly_anns):
@@ -188,3 +191,27 @@ def test_decode_mask_accepts_str_and_bytes():
     rle = mask_to_coco_rle(m)
     np.testing.assert_array_equal(decode_mask(rle), m)
     np.testing.assert_array_equal(decode_mask({**rle, "counts": rle["counts"].encode()}), m)
+
+
+def test_dataset_paths_and_image_links(tmp_path, monkeypatch):
+    paths = OutputPaths(tmp_path / "out", "val")
+    assert paths.coco == tmp_path / "out" / "annotations" / "instances_val.json"
+    assert paths.dataset_image("sub/a.jpg") == tmp_path / "out" / "images" / "val" / "sub" / "a.jpg"
+    assert paths.yolo_labels("sub/a.b.jpg") == tmp_path / "out" / "labels" / "val" / "sub" / "a.b.txt"
+    for bad in ("/etc/passwd", "../a.jpg", "a/../../b.jpg", ""):
+        with pytest.raises(ValueError, match="not a relative path"):
+            paths.dataset_image(bad)
+    src = tmp_path / "a.jpg"
+    src.write_bytes(b"photo")
+    dst = paths.dataset_image("sub/a.jpg")
+    link_image(src, dst)
+    link_image(src, dst)  # again: replaced in place
+    assert dst.samefile(src) and not dst.is_symlink() and src.stat().st_nlink == 2
+
+    def no_hard_link(a, b):  # as across file systems
+        raise OSError(18, "Invalid cross-device link")
+    monkeypatch.setattr("amg.dataset.outputs.os.link", no_hard_link)
+    other = paths.dataset_image("b.jpg")
+    link_image(src, other)
+    assert other.is_symlink() and other.resolve() == src.resolve() and other.read_bytes() == b"photo"
+    assert not list(other.parent.glob(".*.part"))

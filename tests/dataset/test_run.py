@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import shutil
 import signal
@@ -37,7 +38,8 @@ from .test_cli import PHOTO_HW, check_records, console_script
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 PHOTOS = ("dog.jpg", "groceries.jpg")
-FLAGS = ["--format", "json,coco,png,labelmap,overlay", "--points-per-side", "4", "--threads", "1"]
+FLAGS = ["--format", "json,coco,label-studio,yolo,png,labelmap,overlay", "--points-per-side", "4",
+         "--threads", "1"]
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -71,8 +73,12 @@ def records_of(dataset, stem: str) -> list[dict]:
 def test_bad_files_reported_and_listed(dataset):
     assert dataset["rc"] == 1, dataset["stderr"]
     out, inp = dataset["out"], dataset["inp"]
-    assert sorted(os.listdir(out)) == [STATE_DIR, "coco", "dog.json", "errors.csv", "groceries.json",
-                                       "labelmaps", "masks", "overlays"]
+    assert sorted(os.listdir(out)) == [STATE_DIR, "annotations", "data.yaml", "dog.json", "errors.csv",
+                                       "groceries.json", "images", "label-studio", "labelmaps",
+                                       "labels", "masks", "overlays"]
+    assert sorted(os.listdir(out / "labels" / "default")) == ["dog.txt", "groceries.txt"]
+    assert len(json.loads((out / "label-studio" / "tasks.json").read_text())) == 2
+    assert sorted(os.listdir(out / "images" / "default")) == ["dog.jpg", "groceries.jpg"]
     with open(out / "errors.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows == [["path", "reason"],
@@ -88,7 +94,7 @@ def test_bad_files_reported_and_listed(dataset):
 
 
 def test_coco_file(dataset):
-    api = COCO(str(dataset["out"] / "coco" / "instances.json"))
+    api = COCO(str(dataset["out"] / "annotations" / "instances_default.json"))
     # ids: position in the input list (bad.jpg 1, dog.jpg 2, empty.png 3, groceries.jpg 4)
     assert api.loadImgs(sorted(api.getImgIds())) == [
         {"id": 2, "file_name": "dog.jpg", "width": 800, "height": 534},
@@ -196,7 +202,7 @@ def test_kill_and_resume_gives_the_uninterrupted_output(dataset, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     # killed half way: the second photo is not done, its COCO file not assembled
     assert not (out / STATE_DIR / "done" / "groceries.json").exists()
-    assert not (out / "coco" / "instances.json").exists()
+    assert not (out / "annotations" / "instances_default.json").exists()
     resumed = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 1, resumed.stderr
     assert "2/4 images (1 done by an earlier run)" in resumed.stdout
@@ -214,7 +220,7 @@ def test_ray_engine_matches_local_engine(dataset, tmp_path):
 
     out = tmp_path / "out"
     options = RunOptions(output=out, config=AMGConfig.from_preset("default", points_per_side=4),
-                         formats=("json", "coco", "png", "labelmap", "overlay"), threads=1,
+                         formats=("json", "coco", "label-studio", "yolo", "png", "labelmap", "overlay"), threads=1,
                          engine="ray", progress=False)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
