@@ -58,6 +58,15 @@ COMPUTE_DTYPE_NAMES = ("float32", "bfloat16", "auto")
 GPU_CHUNK_SIZE = 1024
 
 
+def default_chunk_size(device: torch.device, compute_dtype: torch.dtype) -> int:
+    """Prompts per fast-decoder pass when not given: on a CPU 4 in float32 and 8 in bfloat16
+    (intermediates that stay in cache; docs/benchmarks.md), elsewhere :data:`GPU_CHUNK_SIZE`
+    (a whole batch per pass: a GPU needs large kernels, not cache-sized ones)."""
+    if device.type == "cpu":
+        return 4 if compute_dtype == torch.float32 else 8
+    return GPU_CHUNK_SIZE
+
+
 def check_compute_dtype(dtype: torch.dtype) -> None:
     """Raise ``ValueError`` unless ``dtype`` is one of :data:`COMPUTE_DTYPES` (float32, the
     reference's arithmetic, or bfloat16, the fast approximation)."""
@@ -376,12 +385,7 @@ class Sam(FamilyModel):
             def decode_fn(points_xy: torch.Tensor, labels: torch.Tensor):
                 return self.decode(emb, points_xy, labels, multimask_output=True)
             return PlainPointDecoder(decode_fn, (4 * token_hw[0], 4 * token_hw[1]), self.device)
-        if chunk_size is not None:
-            chunk = chunk_size
-        elif self.device.type == "cpu":
-            chunk = 4 if compute_dtype == torch.float32 else 8
-        else:
-            chunk = GPU_CHUNK_SIZE
+        chunk = default_chunk_size(self.device, compute_dtype) if chunk_size is None else chunk_size
         with torch.no_grad():
             fast = FactoredGridDecoder(self.mask_decoder, dtype=compute_dtype)
             no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)  # (1, C, 1, 1)
@@ -400,4 +404,4 @@ class Sam(FamilyModel):
 
 
 __all__ = ["Sam", "ImageEmbedding", "resized_hw", "check_rgb_image", "resolve_compute_dtype",
-           "has_native_bfloat16", "COMPUTE_DTYPE_NAMES", "MULTIMASK", "SINGLE_MASK"]
+           "has_native_bfloat16", "default_chunk_size", "COMPUTE_DTYPE_NAMES", "MULTIMASK", "SINGLE_MASK"]

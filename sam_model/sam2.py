@@ -39,7 +39,7 @@ from .hiera import Hiera
 from .point_decoder import DecodedMasks, PointDecoder, RejectWindow, apply_filters
 from .resampling import bilinear_matrix
 from .prompt_encoder import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, Sam2PromptEncoder
-from .sam import check_compute_dtype, check_rgb_image
+from .sam import check_compute_dtype, check_rgb_image, default_chunk_size
 from .sam2_configs import Sam2Config
 from .sam2_factored_decoder import Sam2FactoredPointDecoder
 from .sam2_mask_decoder import Sam2MaskDecoder
@@ -287,8 +287,9 @@ class Sam2(FamilyModel):
                 (with the dynamic stability fallback).
             use_m2m: mask-to-mask refinement (SAM 2 generator option, see
                 :class:`Sam2PlainPointDecoder`).
-            chunk_size: prompts per fast-decoder pass (a cache knob, not the output); default
-                4 in float32, 8 in bfloat16. Unused by the plain decoder.
+            chunk_size: prompts per fast-decoder pass (not the output); default as SAM's
+                (:func:`sam_model.sam.default_chunk_size`: on a CPU 4 in float32, 8 in
+                bfloat16; a whole batch on a GPU). Unused by the plain decoder.
 
         Raises:
             ValueError: ``compute_dtype`` is neither float32 nor bfloat16.
@@ -297,13 +298,14 @@ class Sam2(FamilyModel):
         if plain:
             return Sam2PlainPointDecoder(self, emb, compute_dtype, low_res_hw,
                                          multimask_output=multimask_output, use_m2m=use_m2m)
+        chunk = default_chunk_size(self.device, compute_dtype) if chunk_size is None else chunk_size
         refiner = None
         if use_m2m:
             refiner = Sam2PlainPointDecoder(self, emb, compute_dtype, None,
                                             multimask_output=False, use_m2m=True).refine
         return Sam2FactoredPointDecoder(
             self, emb, compute_dtype, low_res_hw, multimask_output=multimask_output,
-            refiner=refiner, chunk_size=chunk_size or (4 if compute_dtype == torch.float32 else 8))
+            refiner=refiner, chunk_size=chunk)
 
 
 class Sam2PlainPointDecoder:
