@@ -46,7 +46,7 @@ from .factored_decoder import FactoredGridDecoder, FactoredPointDecoder
 from .plain_vit import PlainViTImageEncoder
 from .point_decoder import DecodedMasks, RejectWindow
 from .resampling import bicubic_matrix
-from .sam import check_compute_dtype, check_rgb_image
+from .sam import check_compute_dtype, check_rgb_image, default_chunk_size
 
 
 @dataclass(frozen=True)
@@ -262,8 +262,9 @@ class EfficientSam(FamilyModel):
                 their tokens alone). Single-mask output always uses the plain decoder.
             multimask_output: the three multimask outputs (default, as the SAM generator) or
                 the single mask.
-            chunk_size: prompts per fast-decoder pass (speed only); default 4 in float32, 8 in
-                bfloat16.
+            chunk_size: prompts per fast-decoder pass (speed only); default
+                :func:`sam_model.sam.default_chunk_size` (on a CPU 4 in float32, 8 in bfloat16; a
+                whole batch on a GPU).
 
         Raises:
             ValueError: bad ``compute_dtype``, or ``low_res_hw`` outside the low-res map.
@@ -285,7 +286,7 @@ class EfficientSam(FamilyModel):
             labels = torch.full((len(points_xy), 1), LABEL_FOREGROUND, dtype=torch.int64,
                                 device=self.device)
             return self.prompt_tokens(emb, points_xy.to(self.device)[:, None, :], labels)
-        chunk = chunk_size or (4 if compute_dtype == torch.float32 else 8)
+        chunk = default_chunk_size(self.device, compute_dtype) if chunk_size is None else chunk_size
         return FactoredPointDecoder(fast, ctx, sparse_fn, token_hw, chunk)
 
 

@@ -32,8 +32,8 @@ from .mask_decoder import upscale_mask_logits
 from .point_decoder import DecodedMasks, RejectWindow, apply_filters
 from .prompt_encoder import LABEL_FOREGROUND, PromptEncoder
 from .resampling import sam_postprocess_matrices
-from .sam import (check_compute_dtype, coords_to_input_frame, input_size_view,
-                  preprocess_image)
+from .sam import (check_compute_dtype, coords_to_input_frame, default_chunk_size,
+                  input_size_view, preprocess_image)
 from .tiny_vit import TinyViTImageEncoder
 from .vit import ViTImageEncoder
 
@@ -232,8 +232,9 @@ class SamHQ(FamilyModel):
                 survivors and only where it is needed).
             multimask_output: as in :meth:`decode` (default True, the official generator's).
             hq_token_only: as in :meth:`decode` (default False, the official generator's).
-            chunk_size: prompts per fast-decoder pass (speed only); default 4 in float32, 8 in
-                bfloat16.
+            chunk_size: prompts per fast-decoder pass (speed only); default
+                :func:`sam_model.sam.default_chunk_size` (on a CPU 4 in float32, 8 in bfloat16; a
+                whole batch on a GPU).
 
         Returns:
             the point decoder, with this image's HQ-Features and positional encoding computed
@@ -264,7 +265,7 @@ class SamHQ(FamilyModel):
                                 device=self.device)
             pts = self.to_input_frame(points_xy[:, None, :].to(self.device), emb)
             return self.prompt_encoder(pts, labels, None, None, emb.grid_hw)[0]
-        chunk = chunk_size or (4 if compute_dtype == torch.float32 else 8)
+        chunk = default_chunk_size(self.device, compute_dtype) if chunk_size is None else chunk_size
         return FactoredHQPointDecoder(fast, ctx, hq_features, sparse_fn, token_hw, chunk,
                                       multimask_output, hq_token_only)
 
