@@ -124,7 +124,7 @@ def test_bench_random_weight_model_against_its_reference(model, tmp_path, capsys
     assert row["ours_masks"] == row["ref_masks"] >= 4
     assert row["ref_matched"] == 1.0 and row["ours_matched"] == 1.0
     assert row["speedup"] == pytest.approx(row["ref_s"] / row["ours_s"])
-    assert f"model {model}" in capsys.readouterr().out
+    assert f"model: {model} (random, seed 0 weights)" in capsys.readouterr().out
 
 
 def test_bench_model_without_random_weight_reference(capsys):

@@ -75,7 +75,7 @@ from pycocotools import mask as mask_utils  # noqa: E402
 
 from amg import AMGConfig, MaskGenerator  # noqa: E402
 from amg.io import load_image  # noqa: E402
-from sam_model import build_model  # noqa: E402
+from sam_model import build_model, model_table  # noqa: E402
 from tools.common import (REFERENCE_FAMILIES, lowered_filters,  # noqa: E402
                           make_reference_generator, parse_overrides, random_weight_pair,
                           reference_family, reference_pair, reference_params)
@@ -280,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(repeatable), e.g. --also fast; its columns are suffixed with the name")
     p.add_argument("--no-reference", action="store_true", help="time ours only")
     p.add_argument("--model", default="mobile_sam",
-                   help="mobile_sam (default; verified weights) or sam2.1_hiera_tiny / _small / "
-                        "_base_plus / _large (weights of --checkpoint, else seeded random)")
+                   help="mobile_sam (default; verified weights), sam2.1_hiera_tiny / _small / "
+                        "_base_plus / _large (weights of --checkpoint, else seeded random), or a "
+                        "SAM-HQ / EfficientSAM name (seeded random weights in both)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="an official SAM 2.1 checkpoint file loaded into both models")
     p.add_argument("--seed", type=int, default=0,
@@ -293,10 +294,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--background-load", type=int, default=0, metavar="N",
                    help="run everything beside N busy processes (default: 0)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--model", default="mobile_sam",
-                   help="mobile_sam (real weights, default), or a SAM-HQ / EfficientSAM name "
-                        "(random seeded weights in ours and the reference)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--sweep", nargs="+", choices=tuple(SWEEP_AXES), default=None,
                    help="cost against points per side, image size and/or crop layers (first image)")
@@ -324,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     if pair_family:
+        if not lowered_filters(args.model):
+            known = [n for ref in REFERENCE_FAMILIES.values() for n in ref.names]
+            known += [m.name for m in model_table() if lowered_filters(m.name)]
+            p.error(f"--model {args.model}: no reference generator for it; known: {known}")
         try:
             pair = random_weight_pair(args.model, ref_cfg, args.seed, args.device)
         except (KeyError, ImportError, ValueError) as e:
