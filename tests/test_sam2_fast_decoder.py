@@ -210,3 +210,18 @@ def test_generator_records_equal_with_fast_and_plain_decoder(model, params, monk
         assert abs(a["predicted_iou"] - b["predicted_iou"]) < 1e-6
         assert abs(a["stability_score"] - b["stability_score"]) < 1e-4
         assert mask_utils.iou([a["segmentation"]], [b["segmentation"]], [0])[0, 0] > 0.999
+
+
+def test_generator_batches_on_threads_give_the_same_records(model, monkeypatch):
+    """``batch_threads=2`` decodes two batches at once on one shared fast decoder (per-thread
+    workspaces): the records are those of one thread, byte for byte."""
+    image = np.ascontiguousarray(read_photo("groceries.jpg")[::2, ::2])
+    emb = model.encode_image(image)
+    monkeypatch.setattr(model, "encode_image", lambda crop, compute_dtype=torch.float32: emb,
+                        raising=False)
+    common = dict(points_per_side=4, points_per_batch=4, pred_iou_thresh=0.45,
+                  stability_score_thresh=0.5, box_nms_thresh=1.0, output_mode="coco_rle",
+                  multimask_output=False)
+    one = MaskGenerator(model, batch_threads=1, **common).generate(image)
+    two = MaskGenerator(model, batch_threads=2, **common).generate(image)
+    assert len(one) > 0 and one == two
