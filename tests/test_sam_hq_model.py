@@ -50,19 +50,19 @@ def test_point_decoder_equals_decode_and_filters(small):
             low, iou = view.decode(emb, torch.as_tensor(pts)[:, None],
                                    torch.ones(4, 1, dtype=torch.int64),
                                    multimask_output=multimask, hq_token_only=hq_only)
-            dec = view.point_decoder(emb, multimask_output=multimask, hq_token_only=hq_only)
+            dec = view.point_decoder(emb, multimask_output=multimask, hq_token_only=hq_only, plain=True)
             out = dec.decode(pts, 0.0)
             assert torch.equal(out.prompt_index, torch.arange(4))
             assert torch.equal(out.low_res_logits, low[:, 0])
             assert torch.equal(out.predicted_iou, iou[:, 0])
     low, iou = view.decode(emb, torch.as_tensor(pts)[:, None], torch.ones(4, 1, dtype=torch.int64))
     thresh = float(iou.flatten().sort().values[1])  # two of four strictly above
-    out = view.point_decoder(emb, low_res_hw=(96, 100)).decode(
+    out = view.point_decoder(emb, low_res_hw=(96, 100), plain=True).decode(
         pts, thresh, reject=[RejectWindow((0, 32, 0, 32), lambda w: torch.zeros(len(w), dtype=torch.bool))])
     keep = iou[:, 0] > thresh
     assert torch.equal(out.prompt_index, torch.nonzero(keep).flatten())
     assert torch.equal(out.low_res_logits, low[keep, 0, :96, :100])
-    everything_rejected = view.point_decoder(emb).decode(
+    everything_rejected = view.point_decoder(emb, plain=True).decode(
         pts, 0.0, reject=[RejectWindow((3, 5, 7, 9), lambda w: torch.ones(len(w), dtype=torch.bool))])
     assert everything_rejected.low_res_logits.shape == (0, 128, 128)
 
@@ -77,7 +77,8 @@ def test_reject_window_sees_the_token_window(small):
         seen.append(window.clone())
         return torch.tensor([False, True])
 
-    out = view.point_decoder(emb).decode(pts, 0.0, reject=[RejectWindow((2, 5, 10, 16), record)])
+    out = view.point_decoder(emb, plain=True).decode(
+        pts, 0.0, reject=[RejectWindow((2, 5, 10, 16), record)])
     assert torch.equal(seen[0], low[:, 0, 8:20, 40:64])
     assert out.prompt_index.tolist() == [0]
 
