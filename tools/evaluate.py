@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from amg.config import AMGConfig, ConfigError  # noqa: E402
 from amg.evaluation.errors import EvaluationError  # noqa: E402
-from amg.evaluation.ground_truth import DEFAULT_DATASET, load_dataset  # noqa: E402
+from amg.evaluation.ground_truth import DEFAULT_DATASET, SPLITS, load_dataset  # noqa: E402
 from amg.evaluation.plots import write_plots  # noqa: E402
 from amg.evaluation.report import evaluate_sources, format_markdown  # noqa: E402
 from amg.evaluation.sources import ProposalSource, our_source  # noqa: E402
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None,
                    help="evaluate the first N images (ascending image id, or --image-ids order)")
     p.add_argument("--image-ids", default=None, help="comma-separated image ids to evaluate")
+    p.add_argument("--split", choices=SPLITS, default=None,
+                   help="one fixed half of the images: 'tune' (even positions in ascending id "
+                        "order) or 'report' (odd positions); presets are tuned on the first")
     p.add_argument("--cache", type=Path, default=None, help="per-image proposal cache folder")
     p.add_argument("--json", type=Path, default=None, help="write the full report (JSON) here")
     p.add_argument("--markdown", type=Path, default=None, help="write the Markdown table here")
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 raise EvaluationError(f"--image-ids: integers separated by commas expected, got {args.image_ids!r}")
         dataset = load_dataset(args.annotations or args.dataset / "annotations" / "instances_val2017.json",
-                               args.images_dir or args.dataset / "val2017", limit=args.limit, image_ids=ids)
+                               args.images_dir or args.dataset / "val2017", limit=args.limit, image_ids=ids,
+                               split=args.split)
         presets = args.preset if args.preset is not None else ([] if args.reference else ["default"])
         sources: list[ProposalSource] = []
         for spec in presets:

@@ -16,11 +16,15 @@ from pycocotools.coco import COCO
 from .errors import EvaluationError
 
 __all__ = ["DEFAULT_DATASET", "OBJECT_CATEGORY", "Dataset", "size_label", "class_agnostic_coco",
-           "load_dataset"]
+           "load_dataset", "SPLITS", "split_ids"]
 
 #: The shared tiny COCO subset beside the repository (``../shared/coco_tiny``).
 DEFAULT_DATASET = Path(__file__).resolve().parents[3] / "shared" / "coco_tiny"
 #: The one category of class-agnostic evaluation.
+# The two fixed halves of a dataset (:func:`split_ids`): presets are tuned on one, reported on
+# the other (docs/quality.md).
+SPLITS = ("tune", "report")
+
 OBJECT_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 
 
@@ -105,8 +109,33 @@ def class_agnostic_coco(dataset: dict[str, Any], source: str = "dataset") -> COC
     return coco
 
 
+def split_ids(image_ids: Sequence[int], split: str) -> list[int]:
+    """One fixed half of a dataset's images: the tuning half or the report half.
+
+    The image ids are sorted in ascending order; the images at even positions (0, 2, 4, ...)
+    are the ``"tune"`` half, those at odd positions the ``"report"`` half. The rule depends on
+    the ids only, so it is the same on every machine and for any COCO file; on the 80
+    coco_tiny photos each half has 40 images.
+
+    Args:
+        image_ids: the dataset's image ids (any order, no duplicates).
+        split: ``"tune"`` or ``"report"``.
+
+    Returns:
+        the half's ids, ascending.
+
+    Raises:
+        EvaluationError: ``split`` is not one of :data:`SPLITS`.
+    """
+    if split not in SPLITS:
+        raise EvaluationError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    ids = sorted(int(i) for i in image_ids)
+    return ids[SPLITS.index(split)::2]
+
+
 def load_dataset(annotations: str | Path, images_dir: str | Path | None = None,
-                 limit: int | None = None, image_ids: Sequence[int] | None = None) -> Dataset:
+                 limit: int | None = None, image_ids: Sequence[int] | None = None,
+                 split: str | None = None) -> Dataset:
     """Load a COCO instances file as class-agnostic ground truth and choose the images.
 
     Args:
@@ -116,13 +145,15 @@ def load_dataset(annotations: str | Path, images_dir: str | Path | None = None,
         limit: keep the first ``limit`` images (after ``image_ids`` selection, ascending id
             order when ``image_ids`` is not given) — a deterministic subset.
         image_ids: evaluate exactly these image ids, in this order.
+        split: ``"tune"`` or ``"report"``: only that half of the images (:func:`split_ids`),
+            applied before ``limit``; cannot be combined with ``image_ids``. None: all images.
 
     Returns:
         a :class:`Dataset`.
 
     Raises:
         EvaluationError: unreadable/invalid file, unknown image ids, ``limit`` < 1, missing
-            images folder.
+            images folder, an unknown ``split`` or ``split`` together with ``image_ids``.
     """
     annotations = Path(annotations)
     try:
@@ -136,6 +167,8 @@ def load_dataset(annotations: str | Path, images_dir: str | Path | None = None,
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise EvaluationError(f"images folder not found: {images_dir}")
+    if split is not None and image_ids is not None:
+        raise EvaluationError("choose the images by split or by image ids, not both")
     if image_ids is not None:
         ids = [int(i) for i in image_ids]
         unknown = [i for i in ids if i not in coco.imgs]
@@ -143,6 +176,8 @@ def load_dataset(annotations: str | Path, images_dir: str | Path | None = None,
             raise EvaluationError(f"{annotations}: unknown image id(s) {unknown}")
         if len(set(ids)) != len(ids):
             raise EvaluationError(f"image_ids: duplicate ids in {ids}")
+    elif split is not None:
+        ids = split_ids(coco.getImgIds(), split)
     else:
         ids = sorted(coco.getImgIds())
     if limit is not None:

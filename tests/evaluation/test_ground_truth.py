@@ -43,3 +43,20 @@ def test_load_dataset_errors_name_the_file_or_ids(tmp_path):
         load_dataset(tmp_path / "missing.json")
     with pytest.raises(EvaluationError, match="images folder not found"):
         load_dataset(ann, images_dir=tmp_path / "nope")
+
+
+def test_split_halves_are_disjoint_alternating_and_cover_coco_tiny():
+    from amg.evaluation.ground_truth import split_ids
+    ann = coco_tiny_annotations()
+    ids = sorted(i["id"] for i in json.loads(ann.read_text())["images"])
+    tune = load_dataset(ann, split="tune").image_ids
+    report = load_dataset(ann, split="report").image_ids
+    assert len(tune) == len(report) == 40
+    assert not set(tune) & set(report) and sorted(tune + report) == ids
+    assert tune == ids[0::2] and report == ids[1::2]
+    assert split_ids(list(reversed(ids)), "report") == report  # input order does not matter
+    assert load_dataset(ann, split="report", limit=2).image_ids == report[:2]
+    with pytest.raises(EvaluationError, match="split must be one of tune, report"):
+        split_ids(ids, "test")
+    with pytest.raises(EvaluationError, match="not both"):
+        load_dataset(ann, split="tune", image_ids=ids[:1])
