@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from .rle import check_rle
+from .rle import bytes_counts, check_rle
 
 __all__ = ["NESTED_FRACTION", "containment_matrix", "nesting_depth", "rank_masks"]
 
@@ -38,8 +38,8 @@ def containment_matrix(rles: Sequence[dict[str, Any]]) -> np.ndarray:
     """Fraction of each mask's pixels inside each other mask.
 
     Args:
-        rles: N uncompressed RLE dicts (``{"size": [h, w], "counts": list[int]}``, column-major,
-            zeros first) of one image.
+        rles: N RLE dicts of one image: uncompressed (``{"size": [h, w], "counts": list[int]}``,
+            column-major, zeros first) or COCO RLE (``counts`` str or bytes).
 
     Returns:
         ``(N, N)`` float64 ``C`` with ``C[i, j] = |m_i ∩ m_j| / |m_i|`` (0 for an empty
@@ -56,11 +56,16 @@ def containment_matrix(rles: Sequence[dict[str, Any]]) -> np.ndarray:
     coco = []
     size = None
     for rle in rles:
-        h, w, counts = check_rle(rle)
+        if isinstance(rle.get("counts"), (str, bytes)):  # already COCO RLE
+            obj = bytes_counts(rle)
+            h, w = obj["size"]
+        else:
+            h, w, counts = check_rle(rle)
+            obj = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
         if size is not None and (h, w) != size:
             raise ValueError(f"masks of different sizes: {size} and {(h, w)}")
         size = (h, w)
-        coco.append(mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w))
+        coco.append(obj)
     frac = mask_utils.iou(coco, coco, [1] * n)
     return np.asarray(frac, dtype=np.float64).reshape(n, n)
 
@@ -70,7 +75,7 @@ def nesting_depth(rles: Sequence[dict[str, Any]], areas: Sequence[int] | np.ndar
     """How many larger masks contain each mask.
 
     Args:
-        rles: N uncompressed RLE dicts of one image (see :func:`containment_matrix`).
+        rles: N RLE dicts of one image, uncompressed or COCO (see :func:`containment_matrix`).
         areas: (N,) pixel areas of the masks.
         counted: optional (N, N) bool; ``counted[i, j]`` False means mask j never counts as a
             container of mask i (used for reserve masks, see :func:`rank_masks`). None: all count.
@@ -101,7 +106,7 @@ def rank_masks(rles: Sequence[dict[str, Any]], predicted_iou: torch.Tensor | np.
     """Indices of the ``max_masks`` best masks by ``predicted_iou - penalty * nesting depth``.
 
     Args:
-        rles: N uncompressed RLE dicts of one image.
+        rles: N RLE dicts of one image, uncompressed or COCO (see :func:`containment_matrix`).
         predicted_iou: (N,) float predicted IoU of each mask.
         areas: (N,) pixel areas.
         max_masks: how many to keep (>= 1). All N are kept when N <= ``max_masks``.

@@ -97,9 +97,6 @@ def check_rle(rle: dict[str, Any]) -> tuple[int, int, list[int]]:
     return h, w, counts
 
 
-# amg/ranking.py still imports the old private name; it goes once it imports check_rle.
-
-
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     """Decode an uncompressed RLE (column-major, zeros first) to a mask (reference
     ``rle_to_mask``).

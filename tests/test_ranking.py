@@ -9,7 +9,7 @@ import torch
 
 from amg.config import AMGConfig, ConfigError
 from amg.ranking import containment_matrix, nesting_depth, rank_masks
-from amg.rle import masks_to_rle
+from amg.rle import bytes_counts, coco_encode_rle, masks_to_rle, str_counts
 
 from .conftest import read_photo
 
@@ -34,6 +34,12 @@ def test_containment_matrix_exact():
                          [1, 0, 0, 1]])
     np.testing.assert_allclose(c, expected, rtol=0, atol=1e-12)
     assert containment_matrix([]).shape == (0, 0)
+    # COCO RLE (str or bytes counts, as the evaluation cache keeps masks) gives the same matrix.
+    coco = [coco_encode_rle(r) for r in rles]
+    np.testing.assert_allclose(containment_matrix([str_counts(r) for r in coco]), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(containment_matrix([bytes_counts(r) for r in coco]), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="different sizes"):
+        containment_matrix([str_counts(coco[0]), {"size": [5, 20], "counts": [100]}])
 
 
 def test_nesting_depth_exact():

@@ -44,23 +44,29 @@ sys.path.insert(0, str(REPO))
 from amg.evaluation.errors import EvaluationError  # noqa: E402
 from amg.evaluation.ground_truth import DEFAULT_DATASET, SPLITS, load_dataset  # noqa: E402
 from amg.evaluation.recall import average_recall, evaluate_proposals  # noqa: E402
-from amg.ranking import NESTED_FRACTION  # noqa: E402
+from amg.evaluation.proposals import proposal_score  # noqa: E402
+from amg.ranking import rank_masks  # noqa: E402
+from amg.rle import bytes_counts  # noqa: E402
 
 
-def _floats(text: str, option: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise SystemExit(f"error: {option}: numbers separated by commas expected, got {text!r}")
+def _numbers(kind: type) -> Any:
+    """An argparse type: comma-separated numbers of ``kind`` (a bad value exits with code 2)."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{kind.__name__} values separated by commas expected, got {text!r}")
+    return parse
 
 
 def load_pool(row_dir: Path, image_ids: list[int]) -> dict[int, dict[str, Any]]:
     """Per image: the pool's masks and what the selection needs of them.
 
     Returns:
-        ``{image_id: {"rles": [COCO RLE], "iou": (N,) float32 predicted IoU, "stab": (N,)
+        ``{image_id: {"masks": [cached record: COCO RLE, predicted IoU, stability score],
+        "rles": [COCO RLE, bytes counts], "iou": (N,) float32 predicted IoU, "stab": (N,)
         float32 stability score, "boxes": (N, 4) float32 XYXY inclusive pixel boxes (as
-        ``MaskGenerator`` computes them), "area": (N,) float64 pixels}}``.
+        ``MaskGenerator`` computes them), "area": (N,) int64 pixels}}``.
 
     Raises:
         EvaluationError: an image has no cached file in ``row_dir``.
@@ -71,50 +77,30 @@ def load_pool(row_dir: Path, image_ids: list[int]) -> dict[int, dict[str, Any]]:
         if not f.is_file():
             raise EvaluationError(f"{row_dir}: no cached masks for image {iid} (run tools/evaluate.py first)")
         masks = json.loads(f.read_text())["masks"]
-        rles = [m["segmentation"] for m in masks]
-        xywh = np.array([mask_utils.toBbox(r) for r in rles], dtype=np.float64).reshape(-1, 4)
+        rles = [bytes_counts(m["segmentation"]) for m in masks]
+        xywh = mask_utils.toBbox(rles).reshape(-1, 4) if rles else np.zeros((0, 4))
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1], axis=1)
-        pool[iid] = {"rles": rles, "boxes": torch.from_numpy(boxes.astype(np.float32)),
-                     "area": np.array([mask_utils.area(r) for r in rles], dtype=np.float64),
+        pool[iid] = {"masks": masks, "rles": rles, "boxes": torch.from_numpy(boxes.astype(np.float32)),
+                     "area": np.array([mask_utils.area(r) for r in rles], dtype=np.int64),
                      "iou": np.array([m["predicted_iou"] for m in masks], dtype=np.float32),
                      "stab": np.array([m["stability_score"] for m in masks], dtype=np.float32)}
     return pool
 
 
 def select(p: dict[str, Any], pred_iou: float, stability: float, nms: float, penalty: float,
-           max_masks: int, mask_nms: float = 1.0) -> np.ndarray:
+           max_masks: int) -> np.ndarray:
     """Indices that ``MaskGenerator`` keeps from a pool generated without box NMS, for one crop
     layer and no reserve masks: the predicted-IoU (``>``) and stability (``>=``) filters, box
     NMS at ``nms`` by predicted IoU (``torchvision.ops.batched_nms``, float32), then the
-    ``max_masks`` budget ranked by ``predicted_iou - penalty * depth`` (``amg/ranking.py``).
-    With ``mask_nms`` < 1 (a candidate lever, not a generator option), a mask whose mask IoU
-    with a better-ranked kept mask exceeds it is dropped before the budget is applied."""
+    ``max_masks`` budget of :func:`amg.ranking.rank_masks` with ``penalty``."""
     keep = np.flatnonzero((p["iou"] > np.float32(pred_iou)) & (p["stab"] >= np.float32(stability)))
     if len(keep) == 0:
         return keep
     iou_t = torch.from_numpy(p["iou"][keep])
     kept = batched_nms(p["boxes"][keep], iou_t, torch.zeros(len(keep), dtype=torch.int64), nms)
     keep = np.sort(keep[kept.numpy()])
-    if len(keep) <= max_masks and mask_nms >= 1:
-        return keep
-    rles = [p["rles"][i] for i in keep]
-    score = p["iou"][keep].astype(np.float64)
-    if penalty > 0:
-        n = len(keep)
-        frac = np.asarray(mask_utils.iou(rles, rles, [1] * n), dtype=np.float64).reshape(n, n)
-        area = p["area"][keep]
-        depth = ((frac >= NESTED_FRACTION) & (area[None, :] > area[:, None])).sum(axis=1)
-        score = score - penalty * depth
-    order = np.argsort(-score, kind="stable")
-    if mask_nms < 1:
-        n = len(keep)
-        overlap = np.asarray(mask_utils.iou(rles, rles, [0] * n), dtype=np.float64).reshape(n, n)
-        chosen: list[int] = []
-        for i in order:
-            if not chosen or overlap[i, chosen].max() <= mask_nms:
-                chosen.append(i)
-        order = np.array(chosen, dtype=np.int64)
-    return keep[np.sort(order[:max_masks])]
+    best = rank_masks([p["rles"][i] for i in keep], p["iou"][keep], p["area"][keep], max_masks, penalty)
+    return keep[best.numpy()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("pool", type=Path, help="a cache row folder of tools/evaluate.py (holds <image id>.json)")
     ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     ap.add_argument("--split", choices=SPLITS, default="tune")
-    ap.add_argument("--pred-iou", default="0.88", help="predicted-IoU thresholds to try (comma-separated)")
-    ap.add_argument("--stability", default="0.95", help="stability-score thresholds to try")
-    ap.add_argument("--nms", default="0.7", help="box_nms_thresh values to try")
-    ap.add_argument("--penalty", default="0", help="nested_mask_penalty values to try")
-    ap.add_argument("--max-masks", default="100", help="budgets to try")
-    ap.add_argument("--mask-nms", default="1", help="mask-IoU de-duplication thresholds to try (1: off)")
+    floats, ints = _numbers(float), _numbers(int)
+    ap.add_argument("--pred-iou", type=floats, default=[0.88],
+                    help="predicted-IoU thresholds to try (comma-separated)")
+    ap.add_argument("--stability", type=floats, default=[0.95], help="stability-score thresholds to try")
+    ap.add_argument("--nms", type=floats, default=[0.7], help="box_nms_thresh values to try")
+    ap.add_argument("--penalty", type=floats, default=[0.0], help="nested_mask_penalty values to try")
+    ap.add_argument("--max-masks", type=ints, default=[100], help="budgets to try")
     ap.add_argument("--rank-by", type=int, choices=(100, 1000), default=100,
                     help="sort the combinations by AR at this budget (default 100)")
     ap.add_argument("--limit", type=int, default=None, help="the first N images of the half only")
@@ -136,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partial", action="store_true",
                     help="use the split's images that the pool has so far (a pool still running)")
     args = ap.parse_args(argv)
-    grid = list(itertools.product(_floats(args.pred_iou, "--pred-iou"), _floats(args.stability, "--stability"),
-                                  _floats(args.nms, "--nms"),
-                                  _floats(args.penalty, "--penalty"),
-                                  [int(v) for v in _floats(args.max_masks, "--max-masks")],
-                                  _floats(args.mask_nms, "--mask-nms")))
+    grid = list(itertools.product(args.pred_iou, args.stability, args.nms, args.penalty, args.max_masks))
     try:
         ds = load_dataset(args.dataset / "annotations" / "instances_val2017.json",
                           args.dataset / "val2017", split=args.split, limit=args.limit)
@@ -155,25 +138,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rows = []
-    for pi, st, bn, pen, mm, nm in grid:
+    for pi, st, bn, pen, mm in grid:
         props = []
         for iid, p in pool.items():
-            for i in select(p, pi, st, bn, pen, mm, nm):
+            for i in select(p, pi, st, bn, pen, mm):
                 props.append({"image_id": iid, "segmentation": p["rles"][i],
-                              "score": 0.5 * (p["iou"][i] + p["stab"][i])})
+                              "score": proposal_score(p["masks"][i])})
         ev = evaluate_proposals(ds.coco, props, ids, max_dets=(10, 100, 1000))
         rows.append((average_recall(ev, args.rank_by), average_recall(ev, 10),
                      average_recall(ev, 100), average_recall(ev, 1000),
                      *(average_recall(ev, args.rank_by, a) for a in ("small", "medium", "large")),
-                     len(props) / len(pool), pi, st, bn, pen, mm, nm))
-        print(f"pred_iou {pi:.3f} stability {st:.3f} nms {bn} penalty {pen:.3f} max_masks {mm} mask_nms {nm}: "
+                     len(props) / len(pool), pi, st, bn, pen, mm))
+        print(f"pred_iou {pi:.3f} stability {st:.3f} nms {bn} penalty {pen:.3f} max_masks {mm}: "
               f"AR@{args.rank_by} {rows[-1][0]:.4f}", file=sys.stderr, flush=True)
     rows.sort(key=lambda r: -r[0])
     b = args.rank_by
     print(f"| AR@{b} (sorted) | AR@10 | AR@100 | AR@1000 | small@{b} | medium@{b} | large@{b} | masks/img "
           "| pred_iou | stability "
-          "| box_nms | penalty | max_masks | mask_nms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| box_nms | penalty | max_masks |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows[:args.top]:
         print("| " + " | ".join(f"{v:.4f}" for v in r[:7]) + " | " + f"{r[7]:.1f} | "
               + " | ".join(str(v) for v in r[8:]) + " |")

@@ -20,11 +20,10 @@ __all__ = ["DEFAULT_DATASET", "OBJECT_CATEGORY", "Dataset", "size_label", "class
 
 #: The shared tiny COCO subset beside the repository (``../shared/coco_tiny``).
 DEFAULT_DATASET = Path(__file__).resolve().parents[3] / "shared" / "coco_tiny"
-#: The one category of class-agnostic evaluation.
-# The two fixed halves of a dataset (:func:`split_ids`): presets are tuned on one, reported on
-# the other (docs/quality.md).
+#: The two fixed halves of a dataset (:func:`split_ids`): presets are tuned on one, reported
+#: on the other (docs/quality.md).
 SPLITS = ("tune", "report")
-
+#: The one category of class-agnostic evaluation.
 OBJECT_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 
 
