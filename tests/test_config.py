@@ -337,6 +337,14 @@ def test_fast_fastest_and_quality_presets_documented_values():
             assert getattr(quality, name) == getattr(ref, name), name
 
 
+def test_recall_preset_documented_values():
+    cfg, ref = AMGConfig.from_preset("recall"), AMGConfig()
+    documented = {"points_per_side": 64, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.6,
+                  "box_nms_thresh": 0.9, "max_masks": 1000}
+    for name in PARAMETER_NAMES:
+        assert getattr(cfg, name) == documented.get(name, getattr(ref, name)), name
+
+
 def test_sam2_preset_is_the_official_notebook_settings():
     cfg, ref = AMGConfig.from_preset("sam2"), AMGConfig()
     notebook = {"points_per_side": 64, "points_per_batch": 128, "pred_iou_thresh": 0.7,
@@ -427,4 +435,4 @@ def test_unknown_preset_lists_known_presets():
         AMGConfig.from_preset("fastestest")
     msg = str(ei.value)
     assert "'fastestest'" in msg
-    assert all(name in msg for name in ("default", "crops", "fast", "fastest", "quality"))
+    assert all(name in msg for name in ("default", "crops", "fast", "fastest", "quality", "recall"))

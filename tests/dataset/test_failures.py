@@ -359,7 +359,7 @@ def test_help_describes_every_flag_with_its_default(capsys):
     assert "--compute-dtype {float32,bfloat16,auto}" in text
     assert ", ".join(FORMATS) in " ".join(text.split())  # argparse may wrap the list
     assert "label-studio" in FORMATS and "yolo" in FORMATS
-    for name in ("default", "crops", "fast", "fastest", "quality"):
+    for name in ("default", "crops", "fast", "fastest", "quality", "recall"):
         assert any(line.strip().startswith(f"{name}: ") for line in text.splitlines()), name
     examples = text[text.index("examples:"):text.index("exit codes:")]
     commands = [ln.strip() for ln in examples.splitlines() if ln.strip().startswith("segment-everything ")]
