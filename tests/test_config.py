@@ -312,47 +312,35 @@ def test_crops_preset_documented_values():
     assert cfg.output_mode == "binary_mask"
 
 
-def test_fast_fastest_and_quality_presets_documented_values():
-    fast, fastest, quality, ref = (AMGConfig.from_preset("fast"), AMGConfig.from_preset("fastest"),
-                                   AMGConfig.from_preset("quality"), AMGConfig())
-    assert fast.compute_dtype == "auto" and fastest.compute_dtype == "auto"
-    assert fastest.points_per_side == 24
-    assert fastest.pred_iou_thresh == 0.86 and fastest.stability_score_thresh == 0.92
-    assert quality.pred_iou_thresh == 0.8 and quality.stability_score_thresh == 0.9
-    assert quality.max_masks == 100 and quality.nested_mask_penalty == 0.03
-    assert quality.reserve_pred_iou_thresh == 0.5 and quality.reserve_stability_score_thresh == 0.7
-    assert quality.refine_crop_n_layers == 2 and quality.fill_holes is True
-    assert quality.island_area_frac == 0.1
-    # Everything else stays at the reference defaults.
+# Each preset's documented differences from the reference defaults (configs/*.yaml comments,
+# README's preset table); every other parameter must equal the default.
+PRESET_DIFFERENCES = {
+    "fast": {"compute_dtype": "auto"},
+    "fastest": {"compute_dtype": "auto", "points_per_side": 24, "pred_iou_thresh": 0.86,
+                "stability_score_thresh": 0.92},
+    "quality": {"pred_iou_thresh": 0.8, "stability_score_thresh": 0.9, "max_masks": 100,
+                "nested_mask_penalty": 0.03, "reserve_pred_iou_thresh": 0.5,
+                "reserve_stability_score_thresh": 0.7, "refine_crop_n_layers": 2,
+                "fill_holes": True, "island_area_frac": 0.1},
+    "recall": {"points_per_side": 64, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.6,
+               "box_nms_thresh": 0.9, "max_masks": 1000},
+    # the official SAM 2 notebook's settings
+    "sam2": {"points_per_side": 64, "points_per_batch": 128, "pred_iou_thresh": 0.7,
+             "stability_score_thresh": 0.92, "stability_score_offset": 0.7,
+             "crop_n_layers": 1, "box_nms_thresh": 0.7, "crop_n_points_downscale_factor": 2,
+             "min_mask_region_area": 25, "use_m2m": True},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_DIFFERENCES))
+def test_preset_differs_from_the_defaults_only_as_documented(preset):
+    cfg, ref, documented = AMGConfig.from_preset(preset), AMGConfig(), PRESET_DIFFERENCES[preset]
     for name in PARAMETER_NAMES:
-        if name != "compute_dtype":
-            assert getattr(fast, name) == getattr(ref, name), name
-        if name not in ("compute_dtype", "points_per_side",
-                        "pred_iou_thresh", "stability_score_thresh"):
-            assert getattr(fastest, name) == getattr(ref, name), name
-        if name not in ("pred_iou_thresh", "stability_score_thresh", "max_masks",
-                        "nested_mask_penalty", "reserve_pred_iou_thresh",
-                        "reserve_stability_score_thresh", "refine_crop_n_layers", "fill_holes",
-                        "island_area_frac"):
-            assert getattr(quality, name) == getattr(ref, name), name
-
-
-def test_recall_preset_documented_values():
-    cfg, ref = AMGConfig.from_preset("recall"), AMGConfig()
-    documented = {"points_per_side": 64, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.6,
-                  "box_nms_thresh": 0.9, "max_masks": 1000}
-    for name in PARAMETER_NAMES:
-        assert getattr(cfg, name) == documented.get(name, getattr(ref, name)), name
-
-
-def test_sam2_preset_is_the_official_notebook_settings():
-    cfg, ref = AMGConfig.from_preset("sam2"), AMGConfig()
-    notebook = {"points_per_side": 64, "points_per_batch": 128, "pred_iou_thresh": 0.7,
-                "stability_score_thresh": 0.92, "stability_score_offset": 0.7,
-                "crop_n_layers": 1, "box_nms_thresh": 0.7, "crop_n_points_downscale_factor": 2,
-                "min_mask_region_area": 25, "use_m2m": True}
-    for name in PARAMETER_NAMES:
-        assert getattr(cfg, name) == notebook.get(name, getattr(ref, name)), name
+        value = getattr(cfg, name)
+        if name in documented:
+            assert value == documented[name] and type(value) is type(documented[name]), name
+        else:
+            assert value == getattr(ref, name), name
 
 
 def test_preset_overrides_applied_and_validated():
