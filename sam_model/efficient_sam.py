@@ -282,12 +282,19 @@ class EfficientSam(FamilyModel):
             # EfficientSAM adds no dense prompt to the image embedding.
             ctx = fast.prepare(emb.embedding, self.dense_pe(emb), torch.zeros_like(emb.embedding))
 
+        # The official prompt is the point and five identical invalid points: the fast
+        # decoder takes the point token and one padding token standing for all five.
+        n_pad = self.cfg.decoder.max_num_input_points - 1
+        counts = [1, n_pad] if n_pad else [1]
+
         def sparse_fn(points_xy: torch.Tensor) -> torch.Tensor:
             labels = torch.full((len(points_xy), 1), LABEL_FOREGROUND, dtype=torch.int64,
                                 device=self.device)
-            return self.prompt_tokens(emb, points_xy.to(self.device)[:, None, :], labels)
+            sparse = self.prompt_tokens(emb, points_xy.to(self.device)[:, None, :], labels)
+            return sparse[:, :len(counts)]
         chunk = default_chunk_size(self.device, compute_dtype) if chunk_size is None else chunk_size
-        return FactoredPointDecoder(fast, ctx, sparse_fn, token_hw, chunk)
+        return FactoredPointDecoder(fast, ctx, sparse_fn, token_hw, chunk,
+                                    token_counts=counts)
 
 
 class EfficientSamPointDecoder:

@@ -42,12 +42,15 @@ class EfficientSamTwoWayBlock(nn.Module):
         self.cross_attn_image_to_token = DecoderAttention(dim, num_heads, downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def token_self_attention(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
+    def token_self_attention(self, queries: torch.Tensor, query_pe: torch.Tensor,
+                             key_bias: torch.Tensor | None = None) -> torch.Tensor:
         """The block's first step on the tokens alone, (B, Nt, C) -> (B, Nt, C):
-        ``t = t + pe`` (every block but the first), then ``norm1(t + self_attn(t, t, t))``."""
+        ``t = t + pe`` (every block but the first), then ``norm1(t + self_attn(t, t, t))``.
+        ``key_bias``: optional (Nt,) ``log(count)`` of tokens standing for repeated ones
+        (:meth:`~sam_model.two_way_transformer.TwoWayAttentionBlock.token_self_attention`)."""
         if not self.skip_first_layer_pe:
             queries = queries + query_pe
-        return self.norm1(queries + self.self_attn(queries, queries, queries))
+        return self.norm1(queries + self.self_attn(queries, queries, queries, key_bias))
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
                 key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

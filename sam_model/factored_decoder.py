@@ -500,9 +500,11 @@ class FactoredGridDecoder:
 
     def _image_to_token_probs(self, attn: DecoderAttention, sh: _AttentionShared,
                               tokens_pe: torch.Tensor, tokens: torch.Tensor, scale: torch.Tensor,
-                              coef: torch.Tensor, rows: torch.Tensor
+                              coef: torch.Tensor, rows: torch.Tensor,
+                              key_bias: torch.Tensor | None = None
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Image->tokens attention with image queries in form (*).
+        """Image->tokens attention with image queries in form (*); ``key_bias`` (Nt,) is
+        added to each token's logits (``log(count)``, see :meth:`run_transformer`).
 
         Returns:
             probabilities (B, h*Nt, HW) (softmax over each head's Nt tokens), the per-head
@@ -523,6 +525,8 @@ class FactoredGridDecoder:
         logits.addcmul_(s_base, scale.view(b, 1, 1, hw))
         logits += torch.bmm(kh, sh.q_pe).view(h, b, nt, hw).transpose(0, 1)
         logits += const[..., None]
+        if key_bias is not None:
+            logits += key_bias[:, None]
         v = _heads(attn.v_proj(tokens), h)
         return logits.softmax(2).view(b, h * nt, hw), v, self._fold_values(attn, v)
 
@@ -549,7 +553,8 @@ class FactoredGridDecoder:
 
     # ------------------------------------------------------------------ decoder
     def run_transformer(self, ctx: FactoredContext, sparse: torch.Tensor,
-                        final_tokens: list[int] | None = None
+                        final_tokens: list[int] | None = None,
+                        token_counts: Sequence[int] | None = None
                         ) -> tuple[torch.Tensor, FactoredImageTokens]:
         """Two-way transformer for a prompt batch with image tokens in form (*).
 
@@ -558,6 +563,14 @@ class FactoredGridDecoder:
             sparse: (B, Np, C) float32 prompt tokens.
             final_tokens: output token positions the caller reads; the last attention is
                 computed only for these, the other positions are NaN. Default: all.
+            token_counts: optional Np positive ints: prompt token ``i`` stands for
+                ``token_counts[i]`` identical prompt tokens of the decoder's real input
+                (EfficientSAM pads every point prompt with five identical invalid points).
+                Identical tokens stay identical through every step (each step treats a token
+                by its own value, or attends over the image), so they are decoded once, and
+                wherever the tokens are the keys of an attention (token self-attention,
+                image->tokens) each one's logit gets ``log(count)``: its softmax weight is
+                then the sum of its copies' weights. Exact up to float rounding.
 
         Returns:
             tokens (B, T + Np, C) (T output tokens, ``decoder.output_tokens()``: 5 in SAM, 6 in
@@ -572,6 +585,15 @@ class FactoredGridDecoder:
         out_tokens = dec.output_tokens()
         pe_tok = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], 1)
         nt = pe_tok.shape[1]
+        key_bias = None  # (Nt,) log multiplicity of each token as an attention key
+        if token_counts is not None:
+            counts = torch.as_tensor(list(token_counts), dtype=torch.float64)
+            if counts.shape != (sparse.shape[1],) or bool((counts < 1).any()):
+                raise ValueError(f"token_counts must be {sparse.shape[1]} counts >= 1, "
+                                 f"got {list(token_counts)}")
+            if bool((counts > 1).any()):
+                key_bias = torch.cat([torch.zeros(len(out_tokens), dtype=torch.float64),
+                                      counts.log()]).to(self.dtype).to(sparse.device)
         hw, c = ctx.keys0.shape
         big_r = h * (nt - 1) + 1  # columns per image->tokens update (see _update_rows)
 
@@ -602,7 +624,7 @@ class FactoredGridDecoder:
             return new_coef, new_rows
 
         def self_attention(blk, queries):
-            return blk.token_self_attention(queries, pe_tok)
+            return blk.token_self_attention(queries, pe_tok, key_bias)
 
         # First block: the image tokens are the shared embedding (scale 1, no rows).
         blk = t.layers[0]
@@ -616,7 +638,10 @@ class FactoredGridDecoder:
         d = k.shape[-1]
         k = k * d ** -0.5  # on the 7 keys, not on the (h, B*Nt, HW) logits
         logits = torch.bmm(k.permute(2, 0, 1, 3).reshape(h, b * nt, d), ctx.q0.transpose(1, 2))
-        p = logits.view(h, b, nt, hw).softmax(2)  # over the prompt's tokens
+        logits = logits.view(h, b, nt, hw)
+        if key_bias is not None:
+            logits += key_bias[:, None]
+        p = logits.softmax(2)  # over the prompt's tokens
         coef, rows = grow(None, None)
         self._update_rows(p.transpose(0, 1), self._fold_values(attn, v),
                           coef[:, :big_r], rows[:, :big_r])
@@ -636,7 +661,8 @@ class FactoredGridDecoder:
                     blk.cross_attn_token_to_image, sh, queries + pe_tok, scale, coef, rows))
                 queries = blk.norm3(queries + blk.mlp(queries))
                 p, v, m = self._image_to_token_probs(blk.cross_attn_image_to_token, sh,
-                                                     queries + pe_tok, queries, scale, coef, rows)
+                                                     queries + pe_tok, queries, scale, coef, rows,
+                                                     key_bias)
                 coef, rows = grow(coef, rows)
                 self._update_rows(p.view(b, h, nt, hw), m, coef[:, r:r + big_r],
                                   rows[:, r:r + big_r])
@@ -679,7 +705,8 @@ class FactoredGridDecoder:
                 several windows of the same prompts (computed here when None). ``weights``
                 may also be any (B, M, c2) hypernetwork weights (one chosen token per prompt).
             norm_stats: :meth:`norm_stats` of these tokens (GroupNorm upscaling only;
-                computed here when None).
+                computed here when None: for a whole map decoded prompt by prompt, from
+                each prompt's first transposed convolution as it is made).
 
         Returns:
             (B, M, 4*th, 4*tw) float32 logits (computed in ``self.dtype``); th, tw the
@@ -701,14 +728,18 @@ class FactoredGridDecoder:
         b = len(image_tokens)
         if weights is None or rows_w1 is None:
             weights, rows_w1 = self.mask_inputs(tokens, image_tokens, mask_index)
-        if self.group_norm and norm_stats is None:
+        per_prompt = th * tw > BATCHED_WINDOW_TOKENS
+        # The whole map's statistics come with each prompt's own first convolution below.
+        map_stats = self.group_norm and norm_stats is None and per_prompt and \
+            token_box == (0, gh, 0, gw)
+        if self.group_norm and norm_stats is None and not map_stats:
             norm_stats = self.norm_stats(image_tokens, ctx, rows_w1)
         m = weights.shape[1]
         r = image_tokens.coef.shape[1]
         out = torch.empty(b, m, 4 * th, 4 * tw, dtype=weights.dtype, device=weights.device)
         base = ctx.conv1_base.view(gh, gw, -1)[y0:y1, x0:x1].reshape(th * tw, -1)
         b1, b2 = self._upscaling_biases(ctx, token_box)
-        if th * tw <= BATCHED_WINDOW_TOKENS:
+        if not per_prompt:
             return self._window_logits_batched(image_tokens, rows_w1, base, weights, token_box,
                                                grid_hw, b1, b2, norm_stats
                                                ).view(b, m, 4 * th, 4 * tw).float()
@@ -719,7 +750,11 @@ class FactoredGridDecoder:
             f = torch.addcmul(b1, a, base, out=self._workspace("f1", th * tw, rows_w1.shape[2],
                                                                rows_w1))
             f.addmm_(coef.T, rows_w1[i])
-            stats = None if norm_stats is None else norm_stats[i]
+            if map_stats:
+                var, mean = torch.var_mean(f, correction=0)
+                stats = torch.stack([mean, torch.rsqrt(var + self.ln_eps)])
+            else:
+                stats = None if norm_stats is None else norm_stats[i]
             self._logits_from_conv1(f, weights[i], th, tw, out[i], b2, stats)
         return out.float()
 
@@ -969,13 +1004,17 @@ class FactoredPointDecoder:
         final_tokens: output-token positions read after the transformer, the IoU token's and
             the multimask tokens' (:data:`FINAL_TOKENS` for SAM; SAM 2's are one further
             on, after its object-score token).
+        token_counts: how many identical prompt tokens each of ``sparse_fn``'s Np tokens
+            stands for (:meth:`FactoredGridDecoder.run_transformer`); default one each.
     """
 
     def __init__(self, decoder: FactoredGridDecoder, ctx: FactoredContext,
                  sparse_fn: Callable[[torch.Tensor], torch.Tensor], token_hw: tuple[int, int],
-                 chunk_size: int, final_tokens: Sequence[int] = FINAL_TOKENS) -> None:
+                 chunk_size: int, final_tokens: Sequence[int] = FINAL_TOKENS,
+                 token_counts: Sequence[int] | None = None) -> None:
         self.decoder, self.ctx, self.sparse_fn = decoder, ctx, sparse_fn
         self.final_tokens = list(final_tokens)
+        self.token_counts = None if token_counts is None else list(token_counts)
         self.token_hw = token_hw
         self.low_res_hw = (4 * token_hw[0], 4 * token_hw[1])
         self.chunk_size = chunk_size
@@ -997,7 +1036,8 @@ class FactoredPointDecoder:
         step = self.chunk_size
         for s in range(0, n, step):
             with record_function("decoder.transformer"):
-                tokens, img_tokens = gd.run_transformer(ctx, sparse[s:s + step], self.final_tokens)
+                tokens, img_tokens = gd.run_transformer(ctx, sparse[s:s + step], self.final_tokens,
+                                                        self.token_counts)
                 iou = gd.predict_iou(tokens)[:, MULTIMASK_TOKENS]  # (b, 3)
             keep = iou > iou_thresh if iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
             rows = keep.any(1).nonzero().flatten()
@@ -1007,7 +1047,9 @@ class FactoredPointDecoder:
             tok, img = tokens[rows], img_tokens[rows]
             with record_function("decoder.mask_logits"):
                 inputs = gd.mask_inputs(tok, img, MULTIMASK_TOKENS)  # shared by windows and maps
-                inputs = (*inputs, gd.norm_stats(img, ctx, inputs[1]))
+                # GroupNorm statistics of the whole map: computed here for the reject windows,
+                # else by predict_mask_logits from each whole map as it is made.
+                inputs = (*inputs, gd.norm_stats(img, ctx, inputs[1]) if reject else None)
                 if reject:
                     k = k & ~self._rejected(tok, img, inputs, reject, k)
                 live = k.any(1).nonzero().flatten()

@@ -38,15 +38,20 @@ class DecoderAttention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``q``: (Bq, Nq, C), ``k``/``v``: (Bk, Nk, C), Bq and Bk equal or one of them 1.
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``q``: (Bq, Nq, C), ``k``/``v``: (Bk, Nk, C), Bq and Bk equal or one of them 1;
+        ``key_bias``: optional (Nk,) float added to every query's logit of each key (the log
+        of a key's multiplicity: attention over Nk distinct keys standing for repeated ones,
+        see :meth:`TwoWayAttentionBlock.token_self_attention`).
 
         Returns (max(Bq, Bk), Nq, C) float.
         """
         qh, kh, vh = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
         b = max(qh.shape[0], kh.shape[0])
         qh, kh, vh = (t.expand(b, *t.shape[1:]) for t in (qh, kh, vh))
-        out = attention(qh, kh, vh, fused=self.fused)
+        out = attention(qh, kh, vh, None if key_bias is None else key_bias.to(qh.dtype)[None],
+                        fused=self.fused)
         b, h, n, d = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
 
@@ -88,14 +93,20 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = DecoderAttention(dim, num_heads, downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def token_self_attention(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
+    def token_self_attention(self, queries: torch.Tensor, query_pe: torch.Tensor,
+                             key_bias: torch.Tensor | None = None) -> torch.Tensor:
         """The block's first step on the tokens alone, (B, Nt, C) -> (B, Nt, C):
         ``norm1(self_attn(t, t, t))`` in the first block (no position encoding, no residual),
-        else ``norm1(t + self_attn(t + pe, t + pe, t))``."""
+        else ``norm1(t + self_attn(t + pe, t + pe, t))``.
+
+        ``key_bias``: optional (Nt,) float, ``log(count)`` of tokens that stand for ``count``
+        identical tokens: attention over the distinct tokens with this bias equals the
+        attention over all of them (a key repeated ``count`` times has ``count`` times its
+        softmax weight, and identical queries get identical outputs)."""
         if self.skip_first_layer_pe:
-            return self.norm1(self.self_attn(queries, queries, queries))
+            return self.norm1(self.self_attn(queries, queries, queries, key_bias))
         q = queries + query_pe
-        return self.norm1(queries + self.self_attn(q, q, queries))
+        return self.norm1(queries + self.self_attn(q, q, queries, key_bias))
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
                 key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
