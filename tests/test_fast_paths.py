@@ -107,6 +107,43 @@ def test_factored_decoder_token_box_is_that_window_of_the_full_map(decoded):
                                          token_box=(0, 65, 0, 3))
 
 
+def test_factored_decoder_token_counts_equal_the_repeated_tokens(mobile_sam):
+    """A prompt token standing for ``count`` identical tokens (``token_counts``; EfficientSAM's
+    five padding points) decodes like the prompt with the copies: MobileSAM's real decoder on
+    bus.jpg, each point prompt's padding token repeated 4 times in the plain decoder, against
+    the factored decoder given it once with count 4."""
+    m = mobile_sam
+    image = read_photo("bus.jpg")
+    g = torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        emb = m.encode_image(image)
+        h, w = image.shape[:2]
+        pts = torch.rand(6, 1, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h])
+        sparse, dense = m.prompt_encoder(m.to_input_frame(pts, emb), torch.ones(6, 1, dtype=torch.int64),
+                                         None, None, emb.grid_hw)
+        assert sparse.shape[1] == 2  # the point and SAM's padding point
+        repeated = sparse[:, [0, 1, 1, 1, 1]]
+        pe = m.dense_pe(emb)
+        dec = m.mask_decoder
+        tokens, img_tokens = dec.run_transformer(emb.embedding, pe, repeated, dense)
+        low = dec.predict_mask_logits(tokens, img_tokens, emb.grid_hw, [1, 2, 3])
+        fd = FactoredGridDecoder(dec)
+        fctx = fd.prepare(emb.embedding, pe, dense.expand_as(emb.embedding))
+        f_tokens, f_img = fd.run_transformer(fctx, sparse, token_counts=[1, 4])
+        f_low = fd.predict_mask_logits(f_tokens, f_img, fctx.grid_hw, [1, 2, 3], ctx=fctx)
+        # without the counts the decoder sees one padding token: other numbers
+        f_once, _ = fd.run_transformer(fctx, sparse)
+    assert f_tokens.shape == (6, 7, 256)
+    torch.testing.assert_close(f_tokens, tokens[:, :7], rtol=0, atol=1e-4)
+    torch.testing.assert_close(f_img.materialize(), img_tokens, rtol=0, atol=1e-4)
+    torch.testing.assert_close(f_low, low, rtol=0, atol=1e-3)
+    assert (f_once - tokens[:, :7]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="token_counts"):
+        fd.run_transformer(fctx, sparse, token_counts=[1, 0])
+    with pytest.raises(ValueError, match="token_counts"):
+        fd.run_transformer(fctx, sparse, token_counts=[1])
+
+
 def test_factored_decoder_needs_the_context(decoded):
     fd = decoded["factored"]["decoder"]
     tokens = decoded["factored"]["tokens"][:1]
