@@ -750,9 +750,11 @@ class FactoredGridDecoder:
             f = torch.addcmul(b1, a, base, out=self._workspace("f1", th * tw, rows_w1.shape[2],
                                                                rows_w1))
             f.addmm_(coef.T, rows_w1[i])
-            if map_stats:
-                var, mean = torch.var_mean(f, correction=0)
-                stats = torch.stack([mean, torch.rsqrt(var + self.ln_eps)])
+            if map_stats:  # centre f in place, then its variance is a dot product
+                f.sub_(f.mean())
+                flat = f.view(-1) if f.dtype == torch.float32 else f.view(-1).float()
+                var = torch.dot(flat, flat) / flat.numel()
+                stats = torch.stack([var.new_zeros(()), torch.rsqrt(var + self.ln_eps)]).to(f.dtype)
             else:
                 stats = None if norm_stats is None else norm_stats[i]
             self._logits_from_conv1(f, weights[i], th, tw, out[i], b2, stats)
