@@ -23,19 +23,26 @@ from .conftest import read_photo
 # --------------------------------------------------------------------------------------------
 
 
+def point_prompts(m, n: int, seed: int):
+    """bus.jpg (portrait) encoded by ``m`` and ``n`` random single foreground points:
+    (embedding, sparse (n, 2, C) and dense prompt embeddings, dense positional encoding)."""
+    image = read_photo("bus.jpg")
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        emb = m.encode_image(image)
+        h, w = image.shape[:2]
+        pts = torch.rand(n, 1, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h])
+        labels = torch.ones(n, 1, dtype=torch.int64)
+        sparse, dense = m.prompt_encoder(m.to_input_frame(pts, emb), labels, None, None, emb.grid_hw)
+        return emb, sparse, dense, m.dense_pe(emb)
+
+
 @pytest.fixture(scope="module")
 def decoded(mobile_sam):
     """Plain and factored decoding of 12 random single-point prompts on bus.jpg (portrait)."""
     m = mobile_sam
-    image = read_photo("bus.jpg")
-    g = torch.Generator().manual_seed(0)
+    emb, sparse, dense, pe = point_prompts(m, 12, seed=0)
     with torch.inference_mode():
-        emb = m.encode_image(image)
-        h, w = image.shape[:2]
-        pts = torch.rand(12, 1, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h])
-        labels = torch.ones(12, 1, dtype=torch.int64)
-        sparse, dense = m.prompt_encoder(m.to_input_frame(pts, emb), labels, None, None, emb.grid_hw)
-        pe = m.dense_pe(emb)
         dec = m.mask_decoder
         tokens, img_tokens = dec.run_transformer(emb.embedding, pe, sparse, dense)
         low = dec.predict_mask_logits(tokens, img_tokens, emb.grid_hw, [1, 2, 3])
@@ -113,17 +120,10 @@ def test_factored_decoder_token_counts_equal_the_repeated_tokens(mobile_sam):
     bus.jpg, each point prompt's padding token repeated 4 times in the plain decoder, against
     the factored decoder given it once with count 4."""
     m = mobile_sam
-    image = read_photo("bus.jpg")
-    g = torch.Generator().manual_seed(1)
+    emb, sparse, dense, pe = point_prompts(m, 6, seed=1)
+    assert sparse.shape[1] == 2  # the point and SAM's padding point
     with torch.inference_mode():
-        emb = m.encode_image(image)
-        h, w = image.shape[:2]
-        pts = torch.rand(6, 1, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h])
-        sparse, dense = m.prompt_encoder(m.to_input_frame(pts, emb), torch.ones(6, 1, dtype=torch.int64),
-                                         None, None, emb.grid_hw)
-        assert sparse.shape[1] == 2  # the point and SAM's padding point
         repeated = sparse[:, [0, 1, 1, 1, 1]]
-        pe = m.dense_pe(emb)
         dec = m.mask_decoder
         tokens, img_tokens = dec.run_transformer(emb.embedding, pe, repeated, dense)
         low = dec.predict_mask_logits(tokens, img_tokens, emb.grid_hw, [1, 2, 3])

@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="parameter overrides, JSON values")
     ap.add_argument("--model", default="mobile_sam")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="profile the model with tools/bench.py's weights for --model: a "
+                         "family without downloadable weights (SAM 2.1, SAM-HQ, EfficientSAM) "
+                         "gets the seeded random weights of its reference pair (needs the test "
+                         "extra); default: load_model(--model)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
     if args.threads:
@@ -90,7 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    model = load_model(args.model)
+    if args.seed is None:
+        model = load_model(args.model)
+    else:
+        bench = _bench_module()
+        if bench.lowered_filters(args.model):  # SAM-HQ, EfficientSAM
+            model = bench.random_weight_pair(args.model, config, args.seed).ours
+        else:
+            model, _ = bench.models(args.model, config, "cpu", args.seed, None, with_reference=True)
     gen = MaskGenerator(model, config)
     results = []
     for path in args.images:
