@@ -75,25 +75,30 @@ def masks_to_rle(masks: torch.Tensor) -> list[dict[str, Any]]:
     return out
 
 
-def check_rle(rle: dict[str, Any]) -> tuple[int, int, list[int]]:
+def check_rle(rle: dict[str, Any]) -> tuple[int, int, np.ndarray]:
     """Validate an uncompressed RLE.
 
     Args:
         rle: ``{"size": [h, w], "counts": list[int]}`` (column-major, zeros first).
 
     Returns:
-        ``(h, w, counts)`` as python ints.
+        ``(h, w, counts)``: python ints and the counts as a (K,) int64 numpy array (checked
+        in one vectorised pass: a speckled mask has ~10^5 runs).
 
     Raises:
-        ValueError: malformed dict, negative counts, or counts not summing to ``h * w``.
+        ValueError: malformed dict, counts that are not a flat list of integers, negative
+            counts, or counts not summing to ``h * w``.
     """
     try:
         h, w = (int(v) for v in rle["size"])
-        counts = [int(c) for c in rle["counts"]]
+        counts = np.asarray(rle["counts"], dtype=np.int64)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"not an uncompressed RLE dict {{'size': [h, w], 'counts': [...]}}: {e}")
-    if any(c < 0 for c in counts) or sum(counts) != h * w:
-        raise ValueError(f"RLE counts must be >= 0 and sum to h*w = {h * w}, got sum {sum(counts)}")
+    if counts.ndim != 1:
+        raise ValueError(f"RLE counts must be a flat list, got shape {counts.shape}")
+    total = int(counts.sum())
+    if (counts < 0).any() or total != h * w:
+        raise ValueError(f"RLE counts must be >= 0 and sum to h*w = {h * w}, got sum {total}")
     return h, w, counts
 
 
