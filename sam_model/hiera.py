@@ -27,6 +27,11 @@ from .sam2_configs import HieraBlockSpec, HieraConfig
 from .vit import window_partition, window_unpartition
 
 
+#: Largest ``qkv`` projection output (bytes) that :class:`HieraAttention` makes at once
+#: without autograd; windowed blocks above it go through their windows in groups.
+QKV_CHUNK_BYTES = 64 * 2**20
+
+
 def max_pool_tokens(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
     """Max-pool a channels-last token map: (B, H, W, C) -> (B, H // s0, W // s1, C)
     (``nn.MaxPool2d(kernel=stride, stride=stride)``, floor mode)."""
@@ -52,7 +57,21 @@ class HieraAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, H, W, dim) float (B counts windows) -> (B, H', W', dim_out), (H', W') the
-        pooled grid with ``q_stride``, else (H, W)."""
+        pooled grid with ``q_stride``, else (H, W).
+
+        Without autograd, windows are processed in groups whose ``qkv`` output stays under
+        :data:`QKV_CHUNK_BYTES` (windows are independent, so the result is the same): at
+        stride 4 the whole ``qkv`` of Hiera-L's stage transition is 226 MB.
+        """
+        b = x.shape[0]
+        per_window = x[0].numel() // x.shape[-1] * self.qkv.out_features * x.element_size()
+        group = max(1, QKV_CHUNK_BYTES // per_window)
+        if b <= group or torch.is_grad_enabled():
+            return self._attend(x)
+        return torch.cat([self._attend(part) for part in x.split(group)], 0)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on one group of windows."""
         b, h, w, _ = x.shape
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1)
         q, k, v = qkv.unbind(2)  # (B, HW, heads, d)
@@ -105,7 +124,16 @@ class HieraBlock(nn.Module):
                 padded_hw = (h + (-h) % window, w + (-w) % window)
             x = window_unpartition(x.contiguous(), window, padded_hw, (h, w))
         x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        if torch.is_grad_enabled():
+            return x + self.mlp(self.norm2(x))
+        # Inference: the same arithmetic with the GELU and the residual sum in place, so the
+        # stage-1 MLP (4 x 144 channels on a 256 x 256 grid for Hiera-L, 151 MB) holds one
+        # hidden activation instead of two.
+        fc1, fc2 = self.mlp.layers
+        hidden = torch.ops.aten.gelu_(fc1(self.norm2(x)))
+        out = fc2(hidden)
+        del hidden
+        return out.add_(x)
 
 
 class HieraPatchEmbed(nn.Module):
