@@ -66,6 +66,31 @@ def test_encoder_features_match(pair):
     check_encoder(pair)
 
 
+def test_hiera_inference_path_equals_the_autograd_path(tiny, monkeypatch):
+    """Without autograd the trunk attends over groups of windows and runs its MLP GELU and
+    residual sum in place; with autograd it runs each block whole, as the official Hiera.
+    A small group limit forces several (uneven) groups in every windowed block."""
+    import sam_model.hiera as hiera
+    monkeypatch.setattr(hiera, "QKV_CHUNK_BYTES", 3 * 2**20)
+    groups = []
+    attend = hiera.HieraAttention._attend
+    monkeypatch.setattr(hiera.HieraAttention, "_attend",
+                        lambda self, x: groups.append(len(x)) or attend(self, x))
+    trunk = tiny.ours.image_encoder.trunk
+    x = tiny.ours.preprocess(tiny.image)
+    with torch.inference_mode():
+        fast = trunk(x)
+    blocks = len(trunk.blocks)
+    assert len(groups) > 2 * blocks and len(set(groups)) > 2
+    groups.clear()
+    with torch.enable_grad():
+        plain = [t.detach() for t in trunk(x)]
+    assert len(groups) == blocks
+    for a, b in zip(fast, plain):
+        assert a.shape == b.shape
+        assert rel_err(a, b) < 1e-6
+
+
 @pytest.mark.parametrize("prompt", sorted(PROMPTS))
 @pytest.mark.parametrize("multimask", [True, False])
 def test_decoder_outputs_match(tiny, prompt, multimask):
