@@ -11,7 +11,8 @@ import pytest
 from amg.evaluation.ground_truth import load_dataset
 from amg.evaluation.sources import ProposalSource, our_source
 
-from .conftest import REPO, SHARED
+from .conftest import SHARED
+from .test_tools_bench import load_tool
 from .evaluation.cases import GroundTruthGenerator, coco_tiny_annotations
 
 
@@ -20,15 +21,8 @@ from .evaluation.cases import GroundTruthGenerator, coco_tiny_annotations
 DATASET = ["--dataset", str(SHARED / "coco_tiny")]
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("tools_evaluate", REPO / "tools" / "evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_cli_rows_outputs_and_exit_codes(tmp_path, monkeypatch, capsys):
-    tool = load_tool()
+    tool = load_tool("evaluate")
     seen = []
 
     def fake_source(preset, overrides, model="mobile_sam", device="cpu", name=None):
@@ -65,7 +59,7 @@ def test_cli_rows_outputs_and_exit_codes(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_reference_missing_is_reported(tmp_path, monkeypatch, capsys):
-    tool = load_tool()
+    tool = load_tool("evaluate")
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "mobilesam_lite" else real_find_spec(name, *a))
@@ -77,7 +71,7 @@ def test_cli_reference_missing_is_reported(tmp_path, monkeypatch, capsys):
 
 def test_cli_reference_row_key():
     pytest.importorskip("mobilesam_lite", reason="the reference oracle needs the test extra")
-    tool = load_tool()
+    tool = load_tool("evaluate")
     src = tool.reference_source("default", {}, "cpu")
     assert src.name == "reference" and src.key["kind"] == "reference"
     assert src.key["params"]["points_per_side"] == 32 and src.key["params"]["pred_iou_thresh"] == 0.88

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import torch
 
 from amg.rle import bytes_counts, coco_encode_rle, masks_to_rle
 
-from .conftest import REPO
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("tools_tune_selection", REPO / "tools" / "tune_selection.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from .test_tools_bench import load_tool
 
 
 def _pool(iou, stab):
@@ -32,7 +23,7 @@ def _pool(iou, stab):
 
 
 def test_select_ranks_the_budget_by_the_stability_weight():
-    tool = _tool()
+    tool = load_tool("tune_selection")
     p = _pool([0.90, 0.85, 0.95], [0.90, 1.00, 0.80])
     # Filters first: mask 2 fails stability >= 0.85 whatever the weight.
     assert tool.select(p, 0.8, 0.85, 0.7, 0.0, 3).tolist() == [0, 1]
