@@ -99,6 +99,11 @@ class AMGConfig:
             generator's order. ``None`` (default) keeps every mask, as the reference.
         nested_mask_penalty: not in the reference; >= 0. See ``max_masks`` (used only when an
             image has more than ``max_masks`` masks). 0 (default) ranks by predicted IoU alone.
+        duplicate_mask_iou: not in the reference; in (0, 1] or ``None`` (default, off). With
+            ``max_masks``: in the budget's ranking, a mask whose mask IoU with a better-ranked
+            mask exceeds this goes behind every other mask (main and reserve masks apart), so
+            the places go to distinct masks first; it is kept when the budget has room
+            (:func:`amg.ranking.defer_duplicates`).
         reserve_pred_iou_thresh: not in the reference; in [0, 1] or ``None`` (default, off).
             With ``reserve_stability_score_thresh`` (both or neither) and ``max_masks``: masks
             that fail the main filters but pass these looser ones are *reserve* masks. They
@@ -172,6 +177,9 @@ class AMGConfig:
         default_text="no limit")
     nested_mask_penalty: float = _param(
         0.0, "ranking penalty per larger mask containing a mask (with --max-masks)")
+    duplicate_mask_iou: float | None = _param(
+        None, "rank masks overlapping a better-ranked one beyond this mask IoU last (with --max-masks)",
+        default_text="off")
     reserve_pred_iou_thresh: float | None = _param(
         None, "predicted-IoU threshold of reserve masks, which fill free places of --max-masks",
         default_text="off")
@@ -260,6 +268,11 @@ class AMGConfig:
                  f"max_masks must be an integer >= 1 (or None), got {self.max_masks!r}")
         need(_is_num(self.nested_mask_penalty) and self.nested_mask_penalty >= 0,
              f"nested_mask_penalty must be >= 0, got {self.nested_mask_penalty!r}")
+        if self.duplicate_mask_iou is not None:
+            need(_is_num(self.duplicate_mask_iou) and 0.0 < self.duplicate_mask_iou <= 1.0,
+                 f"duplicate_mask_iou must be in (0, 1] (or None), got {self.duplicate_mask_iou!r}")
+            need(self.max_masks is not None,
+                 "duplicate_mask_iou orders the masks of a budget: set max_masks with it")
         reserve = (self.reserve_pred_iou_thresh, self.reserve_stability_score_thresh)
         need((reserve[0] is None) == (reserve[1] is None),
              "reserve_pred_iou_thresh and reserve_stability_score_thresh go together: "

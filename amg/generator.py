@@ -232,7 +232,8 @@ class MaskGenerator:
         if cfg.max_masks is not None and len(data) > cfg.max_masks:
             # Not in the reference: a per-image budget, the most object-like masks first.
             keep = rank_masks(data.rles, data.predicted_iou, [area_from_rle(r) for r in data.rles],
-                              cfg.max_masks, cfg.nested_mask_penalty, data.reserve)
+                              cfg.max_masks, cfg.nested_mask_penalty, data.reserve,
+                              cfg.duplicate_mask_iou)
             data = data.filter(keep)
         if cfg.refine_crop_n_layers > 0 and len(data):
             data = refine_in_crops(self.model, image, data, cfg.refine_crop_n_layers,

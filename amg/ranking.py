@@ -28,7 +28,7 @@ from pycocotools import mask as mask_utils
 
 from .rle import bytes_counts, check_rle
 
-__all__ = ["NESTED_FRACTION", "containment_matrix", "nesting_depth", "rank_masks"]
+__all__ = ["NESTED_FRACTION", "containment_matrix", "nesting_depth", "defer_duplicates", "rank_masks"]
 
 # A mask counts as nested in a larger one when at least this fraction of its pixels lies inside.
 NESTED_FRACTION = 0.9
@@ -92,17 +92,54 @@ def nesting_depth(rles: Sequence[dict[str, Any]], areas: Sequence[int] | np.ndar
         raise ValueError(f"areas has {a.shape[0]} entries for {len(rles)} masks")
     if len(rles) == 0:
         return np.zeros(0, dtype=np.int64)
-    inside = containment_matrix(rles) >= NESTED_FRACTION
-    larger = a[None, :] > a[:, None]
+    return _depth(containment_matrix(rles), a, counted)
+
+
+def _depth(contained: np.ndarray, areas: np.ndarray, counted: np.ndarray | None) -> np.ndarray:
+    """:func:`nesting_depth` from the (N, N) :func:`containment_matrix` and (N,) float64 areas."""
+    inside = contained >= NESTED_FRACTION
+    larger = areas[None, :] > areas[:, None]
     if counted is not None:
         inside &= np.asarray(counted, dtype=bool)
     return (inside & larger).sum(axis=1).astype(np.int64)
 
 
+def defer_duplicates(order: np.ndarray, mask_iou: np.ndarray, group: np.ndarray,
+                     duplicate_mask_iou: float) -> np.ndarray:
+    """Move duplicates behind the other masks of their group, keeping the order otherwise.
+
+    Walking ``order``, a mask is a *duplicate* when its mask IoU with a mask met earlier that is
+    not itself a duplicate exceeds ``duplicate_mask_iou``. The result lists group 0's
+    non-duplicates, group 0's duplicates, group 1's non-duplicates, ..., each in walk order.
+    This is box NMS's rule (a mask overlapping a better one beyond the threshold loses) on
+    mask IoU, as a soft step in the manner of Soft-NMS (Bodla et al., ICCV 2017): a duplicate
+    is ranked last in its group instead of removed, so it is kept whenever the budget has room.
+
+    Args:
+        order: (N,) int64 permutation of the masks, best first; every group's masks contiguous
+            in group order (as the budget's score orders main masks before reserve ones).
+        mask_iou: (N, N) float64 mask IoU. group: (N,) int64 group of each mask (0 main,
+            1 reserve). duplicate_mask_iou: the threshold, in (0, 1].
+
+    Returns:
+        (N,) int64, the new order.
+    """
+    kept: list[int] = []
+    dup = np.zeros(len(order), dtype=bool)
+    for pos, i in enumerate(order):
+        if kept and mask_iou[i, kept].max() > duplicate_mask_iou:
+            dup[pos] = True
+        else:
+            kept.append(int(i))
+    key = np.lexsort((np.arange(len(order)), dup, group[order]))
+    return order[key]
+
+
 def rank_masks(rles: Sequence[dict[str, Any]], predicted_iou: torch.Tensor | np.ndarray,
                areas: Sequence[int] | np.ndarray, max_masks: int,
                nested_mask_penalty: float = 0.0,
-               reserve: Sequence[bool] | np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+               reserve: Sequence[bool] | np.ndarray | torch.Tensor | None = None,
+               duplicate_mask_iou: float | None = None) -> torch.Tensor:
     """Indices of the ``max_masks`` best masks by ``predicted_iou - penalty * nesting depth``.
 
     Args:
@@ -119,14 +156,21 @@ def rank_masks(rles: Sequence[dict[str, Any]], predicted_iou: torch.Tensor | np.
             containers only, so the main masks' selection is exactly the one without the
             reserve; reserve masks fill the places left, by their own score (depth counted
             over all masks).
+        duplicate_mask_iou: optional threshold in (0, 1]: in the ranked order, a mask whose
+            mask IoU with a better-ranked mask exceeds it goes behind every other mask of its
+            kind (main or reserve; :func:`defer_duplicates`), so the budget's places go to
+            distinct masks first. None: no deferral.
 
     Returns:
         (K,) int64 indices, K = min(N, ``max_masks``), in increasing order (the generator's
         order is kept among the survivors). Ties in the score keep the earlier mask.
 
     Raises:
-        ValueError: ``max_masks < 1``, a negative penalty, or inputs of different lengths.
+        ValueError: ``max_masks < 1``, a negative penalty, ``duplicate_mask_iou`` outside
+            (0, 1], or inputs of different lengths.
     """
+    if duplicate_mask_iou is not None and not 0.0 < duplicate_mask_iou <= 1.0:
+        raise ValueError(f"duplicate_mask_iou must be in (0, 1] or None, got {duplicate_mask_iou}")
     if max_masks < 1:
         raise ValueError(f"max_masks must be >= 1, got {max_masks}")
     if nested_mask_penalty < 0:
@@ -141,12 +185,23 @@ def rank_masks(rles: Sequence[dict[str, Any]], predicted_iou: torch.Tensor | np.
         raise ValueError(f"reserve has {res.shape[0]} entries for {n} masks")
     if n <= max_masks:
         return torch.arange(n, dtype=torch.int64)
+    a = np.asarray(areas, dtype=np.float64).reshape(-1)
+    if a.shape[0] != n:
+        raise ValueError(f"areas has {a.shape[0]} entries for {n} masks")
     score = iou
+    need_pairs = nested_mask_penalty > 0 or duplicate_mask_iou is not None
+    contained = containment_matrix(rles) if need_pairs else None
     if nested_mask_penalty > 0:
         # A main mask's depth counts main containers only; a reserve mask's counts all.
         counted = (~res[None, :] | res[:, None]) if res.any() else None
-        score = iou - nested_mask_penalty * nesting_depth(rles, areas, counted)
+        score = iou - nested_mask_penalty * _depth(contained, a, counted)
     # Main masks first (a score offset larger than any score difference), then reserve ones.
     score = score - res * (2.0 + nested_mask_penalty * n)
-    best = np.argsort(-score, kind="stable")[:max_masks]
+    order = np.argsort(-score, kind="stable")
+    if duplicate_mask_iou is not None:
+        inter = contained * a[:, None]  # |m_i ∩ m_j|
+        union = a[:, None] + a[None, :] - inter
+        mask_iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = defer_duplicates(order, mask_iou, res.astype(np.int64), duplicate_mask_iou)
+    best = order[:max_masks]
     return torch.from_numpy(np.sort(best)).to(torch.int64)

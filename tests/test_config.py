@@ -37,7 +37,8 @@ def test_defaults_equal_reference_generator_defaults():
     # default switches it off (the reference's behaviour).
     assert set(PARAMETER_NAMES) - set(ref) == {"decoder_chunk_size", "input_size",
                                                "compute_dtype", "max_masks",
-                                               "nested_mask_penalty", "reserve_pred_iou_thresh",
+                                               "nested_mask_penalty", "duplicate_mask_iou",
+                                               "reserve_pred_iou_thresh",
                                                "reserve_stability_score_thresh",
                                                "refine_crop_n_layers", "fill_holes",
                                                "island_area_frac", "mask_threshold",

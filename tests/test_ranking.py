@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from amg.config import AMGConfig, ConfigError
-from amg.ranking import containment_matrix, nesting_depth, rank_masks
+from amg.ranking import containment_matrix, defer_duplicates, nesting_depth, rank_masks
 from amg.rle import bytes_counts, coco_encode_rle, masks_to_rle, str_counts
 
 from .conftest import read_photo
@@ -80,8 +80,61 @@ def test_rank_masks_exact():
         rank_masks(rles, iou[:3], areas, 2)
 
 
+def _duplicate_masks():
+    """Four 10 x 10 masks: 0 rows 0-4 (50 px); 1 rows 0-3 (40 px, mask IoU 0.8 with 0);
+    2 rows 6-9, columns 0-4 (20 px); 3 rows 6-9, columns 6-9 (16 px). 2 and 3 are disjoint
+    from the others."""
+    m = torch.zeros(4, 10, 10, dtype=torch.bool)
+    m[0, 0:5] = True
+    m[1, 0:4] = True
+    m[2, 6:10, 0:5] = True
+    m[3, 6:10, 6:10] = True
+    return masks_to_rle(m), m.sum((1, 2)).numpy()
+
+
+def test_defer_duplicates_exact():
+    iou = np.array([[1.0, 0.8, 0.0, 0.0],
+                    [0.8, 1.0, 0.0, 0.5],
+                    [0.0, 0.0, 1.0, 0.75],
+                    [0.0, 0.5, 0.75, 1.0]])
+    main = np.zeros(4, dtype=np.int64)
+    # Walk 0, 1, 2, 3: 1 duplicates 0 (0.8 > 0.7); 3 duplicates 2 (0.75); 3's 0.5 with the
+    # duplicate 1 would not count anyway.
+    assert defer_duplicates(np.array([0, 1, 2, 3]), iou, main, 0.7).tolist() == [0, 2, 1, 3]
+    # At 0.8 only 3 is a duplicate (0.8 is not above 0.8).
+    assert defer_duplicates(np.array([0, 1, 2, 3]), iou, main, 0.8).tolist() == [0, 1, 2, 3]
+    assert defer_duplicates(np.array([1, 0, 3, 2]), iou, main, 0.7).tolist() == [1, 3, 0, 2]
+    # Groups stay apart: main 0, 1 then reserve 2, 3; the main duplicate 1 stays before them.
+    groups = np.array([0, 0, 1, 1])
+    assert defer_duplicates(np.array([0, 1, 2, 3]), iou, groups, 0.7).tolist() == [0, 1, 2, 3]
+    # A reserve mask is a duplicate of a main one too.
+    iou2 = iou.copy()
+    iou2[0, 2] = iou2[2, 0] = 0.9
+    assert defer_duplicates(np.array([0, 1, 2, 3]), iou2, groups, 0.7).tolist() == [0, 1, 3, 2]
+
+
+def test_rank_masks_defers_duplicates():
+    rles, areas = _duplicate_masks()
+    pred = torch.tensor([0.95, 0.94, 0.9, 0.85])
+    # By predicted IoU the near-copy 1 takes a place; deferred (mask IoU 0.8 > 0.7), mask 3 does.
+    assert rank_masks(rles, pred, areas, 3).tolist() == [0, 1, 2]
+    assert rank_masks(rles, pred, areas, 3, duplicate_mask_iou=0.7).tolist() == [0, 2, 3]
+    assert rank_masks(rles, pred, areas, 3, duplicate_mask_iou=0.85).tolist() == [0, 1, 2]
+    # With reserve masks, the deferred main mask still ranks before every reserve mask.
+    reserve = [False, False, True, True]
+    assert rank_masks(rles, pred, areas, 2, 0.0, reserve, 0.7).tolist() == [0, 1]
+    assert rank_masks(rles, pred, areas, 3, 0.0, reserve, 0.7).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="duplicate_mask_iou must be in"):
+        rank_masks(rles, pred, areas, 3, duplicate_mask_iou=0.0)
+    with pytest.raises(ValueError, match="areas has 3 entries for 4 masks"):
+        rank_masks(rles, pred, areas[:3], 3, duplicate_mask_iou=0.7)
+
+
 @pytest.mark.parametrize("params, name", [
     ({"max_masks": 0}, "max_masks"), ({"max_masks": 2.5}, "max_masks"),
+    ({"max_masks": 10, "duplicate_mask_iou": 0.0}, "duplicate_mask_iou"),
+    ({"max_masks": 10, "duplicate_mask_iou": 1.5}, "duplicate_mask_iou"),
+    ({"duplicate_mask_iou": 0.7}, "duplicate_mask_iou"),
     ({"nested_mask_penalty": -0.01}, "nested_mask_penalty"),
     ({"nested_mask_penalty": "a"}, "nested_mask_penalty"),
 ])
@@ -123,3 +176,31 @@ def test_generator_keeps_the_best_masks_of_its_full_set(mobile_sam):
     # A budget above the mask count changes nothing.
     assert MaskGenerator(mobile_sam, max_masks=len(full), nested_mask_penalty=penalty,
                          **params).generate(image) == full
+
+
+def test_generator_defers_duplicates_of_its_full_set(mobile_sam):
+    """On a real photo: with ``duplicate_mask_iou``, the budget keeps the first masks of the
+    unbudgeted output ordered by predicted IoU with every mask whose mask IoU (pycocotools)
+    with a better non-duplicate exceeds the threshold moved last, recomputed here from the
+    records."""
+    from pycocotools import mask as mask_utils
+
+    from amg import MaskGenerator
+    image = read_photo("groceries.jpg")
+    params = dict(points_per_side=12, output_mode="coco_rle", pred_iou_thresh=0.8,
+                  stability_score_thresh=0.9)
+    full = MaskGenerator(mobile_sam, **params).generate(image)
+    k, thr = 25, 0.5
+    segs = [r["segmentation"] for r in full]
+    iou = np.asarray(mask_utils.iou(segs, segs, [0] * len(segs)))
+    order = np.argsort(-np.array([r["predicted_iou"] for r in full]), kind="stable")
+    first, dups = [], []
+    for i in order:
+        (dups if first and iou[i, first].max() > thr else first).append(int(i))
+    assert len(dups) >= 1 and len(first) < len(full)  # the photo has duplicates at 0.5
+    expected = [full[i] for i in sorted((first + dups)[:k])]
+    got = MaskGenerator(mobile_sam, max_masks=k, duplicate_mask_iou=thr, **params).generate(image)
+    assert got == expected
+    # A duplicate among the k highest predicted IoUs, and enough distinct masks to replace it.
+    assert len(first) >= k and any(i in dups for i in order[:k].tolist())
+    assert got != MaskGenerator(mobile_sam, max_masks=k, **params).generate(image)

@@ -34,3 +34,25 @@ def test_select_ranks_the_budget_by_the_stability_weight():
     assert tool.select(p, 0.8, 0.85, 0.7, 0.0, 1, stability_weight=0.5).tolist() == [1]
     # The predicted-IoU filter is strict (>), as the generator's.
     assert tool.select(p, 0.85, 0.0, 0.7, 0.0, 3).tolist() == [0, 2]
+
+
+def test_select_defers_duplicates():
+    """``duplicate_iou``: a near-copy (mask IoU 0.75 with a better mask) gives its budget place
+    to a distinct mask; the threshold is strict (>), as the generator's."""
+    tool = load_tool("tune_selection")
+    m = torch.zeros(3, 8, 8, dtype=torch.bool)
+    m[0, 0:4] = True   # 32 px
+    m[1, 0:3] = True   # 24 px inside mask 0: mask IoU 0.75
+    m[2, 6:8, 0:2] = True
+    rles = [bytes_counts(coco_encode_rle(r)) for r in masks_to_rle(m)]
+    boxes = torch.tensor([[0, 0, 7, 3], [0, 0, 7, 2], [0, 6, 1, 7]], dtype=torch.float32)
+    p = {"rles": rles, "boxes": boxes, "area": np.array([32, 24, 4]),
+         "iou": np.array([0.95, 0.90, 0.85], dtype=np.float32),
+         "stab": np.array([0.95, 0.95, 0.95], dtype=np.float32)}
+    assert tool.select(p, 0.8, 0.9, 1.0, 0.0, 2).tolist() == [0, 1]
+    assert tool.select(p, 0.8, 0.9, 1.0, 0.0, 2, duplicate_iou=0.7).tolist() == [0, 2]
+    assert tool.select(p, 0.8, 0.9, 1.0, 0.0, 2, duplicate_iou=0.75).tolist() == [0, 1]
+    # Box NMS at 0.6 already removes the near-copy (box IoU 14 / 21 as torchvision computes it
+    # on these inclusive boxes), at 0.7 it does not.
+    assert tool.select(p, 0.8, 0.9, 0.6, 0.0, 3).tolist() == [0, 2]
+    assert tool.select(p, 0.8, 0.9, 0.7, 0.0, 3).tolist() == [0, 1, 2]

@@ -8,7 +8,8 @@ This tool reads that row's cached masks (RLE, predicted IoU, stability score) an
 every combination of the constants given, the selection steps of ``MaskGenerator`` that act on
 finished masks of one crop layer — the predicted-IoU and stability filters, box NMS, and the
 ``max_masks`` budget ranked by
-``predicted_iou - nested_mask_penalty * nesting depth`` (``amg/ranking.py``) — then scores the
+``predicted_iou - nested_mask_penalty * nesting depth``, duplicates optionally last
+(``amg/ranking.py``) — then scores the
 selection with the evaluation of ``tools/evaluate.py`` (class-agnostic AR, pycocotools).
 It only reads masks, so a grid of hundreds of combinations takes minutes instead of one
 generator run each; replaying the reference filters gives the ``default`` row's AR on the same
@@ -88,12 +89,14 @@ def load_pool(row_dir: Path, image_ids: list[int]) -> dict[int, dict[str, Any]]:
 
 
 def select(p: dict[str, Any], pred_iou: float, stability: float, nms: float, penalty: float,
-           max_masks: int, stability_weight: float = 0.0) -> np.ndarray:
+           max_masks: int, stability_weight: float = 0.0,
+           duplicate_iou: float | None = None) -> np.ndarray:
     """Indices that ``MaskGenerator`` keeps from a pool generated without box NMS, for one crop
     layer and no reserve masks: the predicted-IoU (``>``) and stability (``>=``) filters, box
     NMS at ``nms`` by predicted IoU (``torchvision.ops.batched_nms``, float32), then the
     ``max_masks`` budget of :func:`amg.ranking.rank_masks` with ``penalty``, ranking by
-    ``(1 - stability_weight) * predicted IoU + stability_weight * stability score``."""
+    ``(1 - stability_weight) * predicted IoU + stability_weight * stability score``, with
+    duplicates beyond mask IoU ``duplicate_iou`` ranked last (``duplicate_mask_iou``)."""
     keep = np.flatnonzero((p["iou"] > np.float32(pred_iou)) & (p["stab"] >= np.float32(stability)))
     if len(keep) == 0:
         return keep
@@ -101,7 +104,8 @@ def select(p: dict[str, Any], pred_iou: float, stability: float, nms: float, pen
     kept = batched_nms(p["boxes"][keep], iou_t, torch.zeros(len(keep), dtype=torch.int64), nms)
     keep = np.sort(keep[kept.numpy()])
     score = (1 - stability_weight) * p["iou"][keep] + stability_weight * p["stab"][keep]
-    best = rank_masks([p["rles"][i] for i in keep], score, p["area"][keep], max_masks, penalty)
+    best = rank_masks([p["rles"][i] for i in keep], score, p["area"][keep], max_masks, penalty,
+                      duplicate_mask_iou=duplicate_iou)
     return keep[best.numpy()]
 
 
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stability-weight", type=floats, default=[0.0],
                     help="weights w of the stability score in the budget's ranking score "
                          "(1 - w) * predicted IoU + w * stability score, to try")
+    ap.add_argument("--duplicate-iou", type=_numbers(str), default=["none"],
+                    help="duplicate_mask_iou values to try: thresholds in (0, 1] or 'none' (off)")
     ap.add_argument("--rank-by", type=int, choices=(100, 1000), default=100,
                     help="sort the combinations by AR at this budget (default 100)")
     ap.add_argument("--limit", type=int, default=None, help="the first N images of the half only")
@@ -128,8 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partial", action="store_true",
                     help="use the split's images that the pool has so far (a pool still running)")
     args = ap.parse_args(argv)
+    try:
+        dup_values = [None if v.lower() == "none" else float(v) for v in args.duplicate_iou]
+    except ValueError:
+        ap.error(f"--duplicate-iou: numbers or 'none' separated by commas expected, got {args.duplicate_iou}")
+    if any(v is not None and not 0.0 < v <= 1.0 for v in dup_values):
+        ap.error(f"--duplicate-iou: thresholds must be in (0, 1], got {args.duplicate_iou}")
     grid = list(itertools.product(args.pred_iou, args.stability, args.nms, args.penalty, args.max_masks,
-                                  args.stability_weight))
+                                  args.stability_weight, dup_values))
     try:
         ds = load_dataset(args.dataset / "annotations" / "instances_val2017.json",
                           args.dataset / "val2017", split=args.split, limit=args.limit)
@@ -144,26 +156,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rows = []
-    for pi, st, bn, pen, mm, sw in grid:
+    for pi, st, bn, pen, mm, sw, dup in grid:
         props = []
         for iid, p in pool.items():
-            for i in select(p, pi, st, bn, pen, mm, sw):
+            for i in select(p, pi, st, bn, pen, mm, sw, dup):
                 props.append({"image_id": iid, "segmentation": p["rles"][i],
                               "score": proposal_score(p["masks"][i])})
         ev = evaluate_proposals(ds.coco, props, ids, max_dets=(10, 100, 1000))
         rows.append((average_recall(ev, args.rank_by), average_recall(ev, 10),
                      average_recall(ev, 100), average_recall(ev, 1000),
                      *(average_recall(ev, args.rank_by, a) for a in ("small", "medium", "large")),
-                     len(props) / len(pool), pi, st, bn, pen, mm, sw))
+                     len(props) / len(pool), pi, st, bn, pen, mm, sw, dup))
         print(f"pred_iou {pi:.3f} stability {st:.3f} nms {bn} penalty {pen:.3f} max_masks {mm} "
-              f"stability_weight {sw:.2f}: "
+              f"stability_weight {sw:.2f} duplicate_iou {dup}: "
               f"AR@{args.rank_by} {rows[-1][0]:.4f}", file=sys.stderr, flush=True)
     rows.sort(key=lambda r: -r[0])
     b = args.rank_by
     print(f"| AR@{b} (sorted) | AR@10 | AR@100 | AR@1000 | small@{b} | medium@{b} | large@{b} | masks/img "
           "| pred_iou | stability "
-          "| box_nms | penalty | max_masks | stability_weight |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| box_nms | penalty | max_masks | stability_weight | duplicate_iou |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows[:args.top]:
         print("| " + " | ".join(f"{v:.4f}" for v in r[:7]) + " | " + f"{r[7]:.1f} | "
               + " | ".join(str(v) for v in r[8:]) + " |")
