@@ -87,12 +87,22 @@ def nesting_depth(rles: Sequence[dict[str, Any]], areas: Sequence[int] | np.ndar
     Raises:
         ValueError: ``areas`` does not have one entry per mask, or a malformed RLE.
     """
-    a = np.asarray(areas, dtype=np.float64).reshape(-1)
-    if a.shape[0] != len(rles):
-        raise ValueError(f"areas has {a.shape[0]} entries for {len(rles)} masks")
+    a = _areas(areas, len(rles))
     if len(rles) == 0:
         return np.zeros(0, dtype=np.int64)
     return _depth(containment_matrix(rles), a, counted)
+
+
+def _areas(areas: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+    """(N,) float64 pixel areas of N masks.
+
+    Raises:
+        ValueError: ``areas`` does not have ``n`` entries.
+    """
+    a = np.asarray(areas, dtype=np.float64).reshape(-1)
+    if a.shape[0] != n:
+        raise ValueError(f"areas has {a.shape[0]} entries for {n} masks")
+    return a
 
 
 def _depth(contained: np.ndarray, areas: np.ndarray, counted: np.ndarray | None) -> np.ndarray:
@@ -185,9 +195,7 @@ def rank_masks(rles: Sequence[dict[str, Any]], predicted_iou: torch.Tensor | np.
         raise ValueError(f"reserve has {res.shape[0]} entries for {n} masks")
     if n <= max_masks:
         return torch.arange(n, dtype=torch.int64)
-    a = np.asarray(areas, dtype=np.float64).reshape(-1)
-    if a.shape[0] != n:
-        raise ValueError(f"areas has {a.shape[0]} entries for {n} masks")
+    a = _areas(areas, n)
     score = iou
     need_pairs = nested_mask_penalty > 0 or duplicate_mask_iou is not None
     contained = containment_matrix(rles) if need_pairs else None
