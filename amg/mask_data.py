@@ -18,7 +18,8 @@ class MaskData:
     """Aligned per-mask fields.
 
     Attributes:
-        rles: N uncompressed RLE dicts over the full image (column-major, zeros first).
+        rles: N uncompressed RLE dicts over the full image (column-major, zeros first;
+            ``counts`` a list of ints or a (K,) int64 numpy array, :mod:`amg.rle`).
         boxes_xyxy: (N, 4) int64 tight boxes in image pixels, x2/y2 inclusive (reference).
         predicted_iou: (N,) float32 predicted IoU.
         stability_score: (N,) float32.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .mask_data import MaskData
-from .rle import area_from_rle, coco_encode_rle, rle_to_mask
+from .rle import area_from_rle, coco_encode_rle, rle_to_mask, rle_with_list_counts
 
 
 def xyxy_to_xywh(box: list[int] | list[float]) -> list:
@@ -33,7 +33,7 @@ def encode_segmentation(rle: dict[str, Any], output_mode: str) -> Any:
     if output_mode == "binary_mask":
         return rle_to_mask(rle)
     if output_mode == "uncompressed_rle":
-        return rle
+        return rle_with_list_counts(rle)
     raise ValueError(f"unknown output_mode {output_mode!r}")
 
 

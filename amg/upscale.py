@@ -279,13 +279,14 @@ def region_box_xyxy(mask: torch.Tensor, y0: int, x0: int) -> torch.Tensor:
 def region_to_rle(mask: torch.Tensor, y0: int, x0: int, h: int, w: int) -> dict:
     """Uncompressed RLE (column-major, zeros first; reference ``mask_to_rle_pytorch``) of an
     (h, w) image that is zero except for the region ``mask`` (h_r, w_r) bool placed at (y0, x0).
+    ``counts`` is a (K,) int64 numpy array (:mod:`amg.rle`); an empty region gives ``[h * w]``.
 
     A run starts at column-major position p when pixel p differs from pixel p - 1 (pixel -1
-    being 0). Such changes can only sit between vertical neighbours inside the region, at the
-    region's top row (against the zero above it, or the previous column's bottom pixel when
-    the region spans the full height), or just after a one in the region's bottom row. Those
-    are found on the region in its own row-major layout (no transposed copy), mapped to image
-    positions and sorted; the run lengths are their differences.
+    being 0). The region's columns are copied, each between a zero above and a zero below,
+    into a (w_r, h_r + 2) array; every change along its rows is a run start at image position
+    ``(x0 + x) * h + y0 + i``, already in increasing order (no sort). A region spanning the
+    full height is one contiguous stretch of the column-major image, with zeros before and
+    after it. The run lengths are the starts' differences.
 
     Raises:
         ValueError: the region does not fit in the image.
@@ -296,24 +297,15 @@ def region_to_rle(mask: torch.Tensor, y0: int, x0: int, h: int, w: int) -> dict:
     m = mask.cpu().numpy()
     if hr == 0 or wr == 0 or not m.view(np.uint8).max():
         return {"size": [h, w], "counts": [h * w]}
-    col0 = (x0 + np.arange(wr, dtype=np.int64)) * h  # image position of each column's row 0
-    inside = np.flatnonzero(m[1:] != m[:-1])  # change between rows y and y + 1 of column x
-    starts = [col0[inside % wr] + y0 + inside // wr + 1]
-    prev_top = np.zeros(wr, dtype=bool)
-    full_height = y0 == 0 and hr == h
-    if full_height:  # the pixel before a column's top is the previous column's bottom
-        prev_top[1:] = m[hr - 1, :-1]
-    starts.append(col0[np.flatnonzero(m[0] != prev_top)] + y0)
-    ones = np.flatnonzero(m[hr - 1])  # columns whose bottom region pixel is a one
-    if y0 + hr < h:
-        starts.append(col0[ones] + y0 + hr)
-    else:  # the next pixel is the next column's top: a zero unless that column is in the region
-        if not full_height:
-            after = ones
-        else:
-            after = ones[ones == wr - 1]
-        pos = col0[after] + h
-        starts.append(pos[pos < h * w])
-    bounds = np.concatenate([[0], np.sort(np.concatenate(starts)), [h * w]])
-    counts = np.diff(bounds).tolist()
-    return {"size": [h, w], "counts": counts}
+    if y0 == 0 and hr == h:  # columns x0 .. x0 + wr - 1 whole: one stretch
+        flat = np.zeros(hr * wr + 2, dtype=bool)
+        flat[1:-1].reshape(wr, hr)[:] = m.T
+        starts = x0 * h + np.flatnonzero(flat[1:] != flat[:-1])
+    else:  # i = h_r with y0 + h_r = h is the next column's top row: a zero there
+        pad = np.zeros((wr, hr + 2), dtype=bool)
+        pad[:, 1:-1] = m.T
+        idx = np.flatnonzero(pad[:, 1:] != pad[:, :-1])
+        starts = (x0 + idx // (hr + 1)) * h + y0 + idx % (hr + 1)
+    if starts[-1] >= h * w:  # a one in the image's last pixel ends at the image's end
+        starts = starts[:-1]
+    return {"size": [h, w], "counts": np.diff(np.concatenate([[0], starts, [h * w]]))}

@@ -89,6 +89,10 @@ def test_output_does_not_depend_on_batching(mobile_sam):
     outs = [MaskGenerator(mobile_sam, output_mode="uncompressed_rle", points_per_side=6,
                           points_per_batch=ppb, decoder_chunk_size=chunk).generate(image)
             for ppb, chunk in [(64, 8), (7, 3), (36, 36)]]
+    # uncompressed RLE records hold the reference's type: a list of python ints
+    assert outs[0] and all(isinstance(r["segmentation"]["counts"], list)
+                           and all(type(c) is int for c in r["segmentation"]["counts"])
+                           for r in outs[0])
     for other in outs[1:]:
         assert len(other) == len(outs[0])
         for a, b in zip(outs[0], other):

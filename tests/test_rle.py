@@ -92,6 +92,13 @@ def test_rle_empty_and_errors():
         rle_to_mask({"size": [3, 4], "counts": [2, 5]})
     with pytest.raises(ValueError):
         rle_to_mask({"counts": [12]})
+    with pytest.raises(ValueError, match="uncompressed RLE"):
+        rle_to_mask({"size": [3, 4], "counts": [[6], [6]]})  # not flat
+    with pytest.raises(ValueError, match=">= 0"):
+        rle_to_mask({"size": [3, 4], "counts": [14, -2]})
+    # counts as a numpy array or a tuple decode like the list
+    for counts in (np.array(RLE_3X4["counts"]), tuple(RLE_3X4["counts"])):
+        np.testing.assert_array_equal(rle_to_mask({"size": [3, 4], "counts": counts}), MASK_3X4)
     with pytest.raises(ValueError):
         mask_to_coco_rle(np.zeros((1, 3, 4), bool))
 
