@@ -57,6 +57,7 @@ from __future__ import annotations
 import copy
 import threading
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -74,9 +75,16 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(-1, (heads, x.shape[-1] // heads))
 
 
-# Buffer sizes kept per workspace name (see FactoredGridDecoder._workspace): the whole map of
-# the full-image crop, that of the crop-layer crops, and two crop-edge strip shapes.
+# Buffer sizes kept per workspace name (see FactoredGridDecoder._workspace): a whole tile of
+# the output upscaling, the last (partial) tiles of the full-image crop and of the crop-layer
+# crops, and a whole map (EfficientSAM's GroupNorm statistics).
 WORKSPACE_SIZES = 4
+
+# Tokens of one prompt's map taken through the output upscaling at a time
+# (FactoredGridDecoder._logits_from_conv1): a tile's intermediates (first convolution 512 KB,
+# normalised 512 KB, second convolution 1 MB in float32) stay in a core's L2 cache from one
+# step to the next instead of making a round trip to memory per step.
+UPSCALE_TILE_TOKENS = 512
 
 
 @dataclass
@@ -743,23 +751,76 @@ class FactoredGridDecoder:
             return self._window_logits_batched(image_tokens, rows_w1, base, weights, token_box,
                                                grid_hw, b1, b2, norm_stats
                                                ).view(b, m, 4 * th, 4 * tw).float()
+        n = th * tw
         for i in range(b):
-            coef = image_tokens.coef[i].view(r, gh, gw)[:, y0:y1, x0:x1].reshape(r, th * tw)
-            a = image_tokens.scale[i].view(gh, gw)[y0:y1, x0:x1].reshape(th * tw, 1)
-            # (th*tw, 4*c1): b1 + a * base first, then the product accumulated into it
-            f = torch.addcmul(b1, a, base, out=self._workspace("f1", th * tw, rows_w1.shape[2],
-                                                               rows_w1))
-            f.addmm_(coef.T, rows_w1[i])
-            if map_stats:  # centre f in place, then its variance is a dot product
-                f.sub_(f.mean())
-                flat = f.view(-1) if f.dtype == torch.float32 else f.view(-1).float()
-                var = torch.dot(flat, flat) / flat.numel()
-                self._logits_from_conv1(f, weights[i], th, tw, out[i], b2,
-                                        centred_scale=torch.rsqrt(var + self.ln_eps).to(f.dtype))
-            else:
+            coef = image_tokens.coef[i].view(r, gh, gw)[:, y0:y1, x0:x1].reshape(r, n)
+            a = image_tokens.scale[i].view(gh, gw)[y0:y1, x0:x1].reshape(n, 1)
+            if map_stats:  # the whole map's statistics first, tile by tile
+                rows, centred_scale = self._group_norm_conv1(a, base, b1, coef, rows_w1[i])
+                self._logits_from_conv1(rows, weights[i], th, tw, out[i], b2,
+                                        centred_scale=centred_scale)
+            else:  # each tile of the first convolution made when the upscaling needs it
                 stats = None if norm_stats is None else norm_stats[i]
-                self._logits_from_conv1(f, weights[i], th, tw, out[i], b2, stats)
+                rows = partial(self._conv1_rows, a, base, b1, coef, rows_w1[i])
+                self._logits_from_conv1(rows, weights[i], th, tw, out[i], b2, stats)
         return out.float()
+
+    def _group_norm_conv1(self, a: torch.Tensor, base: torch.Tensor, b1: torch.Tensor,
+                          coef: torch.Tensor, rows_w1: torch.Tensor
+                          ) -> tuple[Callable[[int, int], torch.Tensor], torch.Tensor]:
+        """One prompt's whole first transposed convolution and its GroupNorm(1, C) statistics
+        over every channel and pixel (EfficientSAM), made :data:`UPSCALE_TILE_TOKENS` tokens
+        at a time: each tile is centred on its own mean while it is in cache, and the tiles'
+        means and sums of squared deviations combine exactly into the map's (Chan, Golub and
+        LeVeque's pairwise update: ``M2 = sum M2_t + sum n_t (mean_t - mean)^2``).
+
+        Args: as :meth:`_conv1_rows` (all n tokens).
+
+        Returns:
+            ``rows(s, e)``: the map's rows [s, e) centred on the map's mean (in place, once
+            per tile, in the order :meth:`_logits_from_conv1` asks for them), and the
+            GroupNorm's ``1 / sqrt(var + eps)`` (0-d, biased variance as ``nn.GroupNorm``),
+            both in the dtype of ``rows_w1``.
+        """
+        n = base.shape[0]
+        f = self._workspace("f1", n, rows_w1.shape[1], rows_w1)
+        starts = range(0, n, UPSCALE_TILE_TOKENS)
+        counts, means, m2 = [], [], []
+        for s in starts:
+            e = min(s + UPSCALE_TILE_TOKENS, n)
+            ft = f[s:e]
+            torch.addcmul(b1 if b1.ndim == 1 else b1[s:e], a[s:e], base[s:e], out=ft)
+            ft.addmm_(coef[:, s:e].T, rows_w1)
+            mean_t = ft.mean()
+            ft.sub_(mean_t)
+            flat = ft.view(-1) if ft.dtype == torch.float32 else ft.view(-1).float()
+            counts.append(flat.numel())
+            means.append(mean_t.float())
+            m2.append(torch.dot(flat, flat))
+        count = torch.tensor(counts, dtype=torch.float32, device=f.device)
+        mean_t = torch.stack(means)
+        mean = (count * mean_t).sum() / count.sum()
+        shift = (mean_t - mean).to(f.dtype)  # per tile: add to its values centred on its own mean
+        var = (torch.stack(m2).sum() + (count * (mean_t - mean).square()).sum()) / count.sum()
+
+        def rows(s: int, e: int) -> torch.Tensor:
+            return f[s:e].add_(shift[s // UPSCALE_TILE_TOKENS])
+        return rows, torch.rsqrt(var + self.ln_eps).to(f.dtype)
+
+    def _conv1_rows(self, a: torch.Tensor, base: torch.Tensor, b1: torch.Tensor,
+                    coef: torch.Tensor, rows_w1: torch.Tensor, s: int, e: int) -> torch.Tensor:
+        """Tokens ``[s, e)`` of one prompt's first transposed convolution on form (*):
+        ``b1 + a * (B W1) + Q^T (M W1)``, (e - s, 4*c1) in a reused buffer.
+
+        Args:
+            a: (n, 1) scales. base: (n, 4*c1) ``conv1_base`` rows. b1: (4*c1,) or (n, 4*c1)
+                (:meth:`_upscaling_biases`). coef: (r, n) coefficients. rows_w1: (r, 4*c1).
+            s, e: the token rows, 0 <= s < e <= n.
+        """
+        bias = b1 if b1.ndim == 1 else b1[s:e]
+        f = torch.addcmul(bias, a[s:e], base[s:e],
+                          out=self._workspace("f1", e - s, rows_w1.shape[1], rows_w1))
+        return f.addmm_(coef[:, s:e].T, rows_w1)
 
     def norm_stats(self, image_tokens: FactoredImageTokens, ctx: FactoredContext,
                    rows_w1: torch.Tensor) -> torch.Tensor | None:
@@ -810,7 +871,8 @@ class FactoredGridDecoder:
         m = torch.einsum("bthd,chd->bhtc", v, attn.out_proj.weight.unflatten(1, (h, d)))
         return (m + attn.out_proj.bias / h).reshape(b, h * nt, -1)
 
-    def _logits_from_conv1(self, f: torch.Tensor, weights: torch.Tensor, th: int, tw: int,
+    def _logits_from_conv1(self, f: torch.Tensor | Callable[[int, int], torch.Tensor],
+                           weights: torch.Tensor, th: int, tw: int,
                            out: torch.Tensor, b2: torch.Tensor,
                            stats: torch.Tensor | None = None,
                            centred_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -822,39 +884,55 @@ class FactoredGridDecoder:
         (M, 4*th, 4*tw) in row-major pixel order. ``b2``: the second convolution's bias,
         (4*c2,) or per row (th*tw*4, 4*c2) (:meth:`_upscaling_biases`).
 
-        The last product is (th*tw*16, c2) x (c2, M) on the second convolution's output viewed
-        one pixel per row; a block-diagonal (th*tw*4, 4*c2) x (4*c2, 4*M) form of it does 4x
-        the arithmetic and ran slower in float32 (0.58 vs 0.34 ms per prompt on a 64x64 grid,
-        2-core CPU; bfloat16 0.14 vs 0.16 ms).
+        The map goes through these steps :data:`UPSCALE_TILE_TOKENS` tokens at a time (each
+        output pixel depends on its token alone), so that a tile's intermediates stay in
+        cache; ``f`` may be a function ``(s, e) -> rows [s, e) of f`` that makes each tile of
+        the first convolution when it is needed (:meth:`_conv1_rows`). On a 2-core AMD EPYC
+        (AVX2, 1 MB L2 per core; float32, one thread; 8 prompts, medians of 8 interleaved
+        runs) tiles of 512 tokens took MobileSAM's whole-map logits from 14.8 to 12.7 ms per
+        prompt (dog.jpg, 43 x 64 tokens) and EfficientSAM's from 20.9 to 17.7 ms (64 x 64);
+        tiles of 256 and 2048 tokens were slower than 512 and 1024.
+
+        The last product of each tile is (M, c2) x (c2, tile*16), the second convolution's
+        output viewed one pixel per row and transposed, into a (M, tile*16) block: the mask
+        dimension of 1-3 is the product's row count, not its column count (in float32 on a
+        2-core CPU 1.0-1.3 ms against 1.9 ms per 64 x 64 map).
 
         ``centred_scale`` (0-d): ``f`` is already centred over the whole map, and this is the
         GroupNorm's ``1 / sqrt(var + eps)``; the normalisation and affine are then one pass,
         ``b + f * (w / sqrt(var + eps))``, into a reused buffer."""
         m = weights.shape[0]
-        n = 4 * f.shape[0]
-        if centred_scale is not None:
-            g = torch.addcmul(self.ln_b, f.view(-1, self.c1), self.ln_w * centred_scale,
-                              out=self._workspace("g", f.numel() // self.c1, self.c1, f))
-        else:
-            g = self._upscale_norm(f.view(-1, self.c1), stats)
-        torch.ops.aten.gelu_(g)  # in place: the same values as F.gelu, no new buffer
-        f2 = torch.addmm(b2, g, self.w2, out=self._workspace("f2", n, 4 * self.c2, g))
-        torch.ops.aten.gelu_(f2)  # (th*tw*4, 4*c2)
-        # (th*tw*16, M) = (th*tw*4, 4*M): pixel in products' order, then mask
-        res = torch.mm(f2.view(-1, self.c2), weights.T,
-                       out=self._workspace("res", 4 * n, m, g))
-        torch.index_select(res.view(-1), 0, self._logit_order(th, tw, m, f.device),
+        n = th * tw
+        rows = f if callable(f) else (lambda s, e: f[s:e])
+        # (M, 16 * tile) blocks, one after another: tile [s, e) at M*16*s
+        res = self._workspace("res", 1, 16 * n * m, weights).view(-1)
+        scale_w = None if centred_scale is None else self.ln_w * centred_scale
+        for s in range(0, n, UPSCALE_TILE_TOKENS):
+            e = min(s + UPSCALE_TILE_TOKENS, n)
+            ft = rows(s, e).view(-1, self.c1)
+            if scale_w is not None:
+                g = torch.addcmul(self.ln_b, ft, scale_w,
+                                  out=self._workspace("g", ft.shape[0], self.c1, ft))
+            else:
+                g = self._upscale_norm(ft, stats)
+            torch.ops.aten.gelu_(g)  # in place: the same values as F.gelu, no new buffer
+            bias = b2 if b2.ndim == 1 else b2[4 * s:4 * e]
+            f2 = torch.addmm(bias, g, self.w2, out=self._workspace("f2", g.shape[0], 4 * self.c2, g))
+            torch.ops.aten.gelu_(f2)  # (tile*4, 4*c2)
+            torch.mm(weights, f2.view(-1, self.c2).T,
+                     out=res[16 * m * s:16 * m * e].view(m, 16 * (e - s)))
+        torch.index_select(res, 0, self._tiled_logit_order(th, tw, m, res.device),
                            out=out.view(-1))
         return out
 
     def _workspace(self, name: str, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
         """A (rows, cols) buffer of ``like``'s dtype and device, kept between calls and
-        reused while the size is the same. Writing the upscaling's large intermediates (8 MB
-        per prompt on a 64 x 64 grid) into memory that is already mapped and warm instead of
-        fresh allocations made the mask logits ~15% faster on a 2-core CPU (5.2 -> 4.35 ms per
-        prompt, float32, square crop). The last ``WORKSPACE_SIZES`` sizes per name are kept
-        (whole maps and the generator's crop-edge strips of two shapes alternate). Each
-        thread has its own buffers, so batches may be decoded on several threads at once."""
+        reused while the size is the same. Writing the upscaling's intermediates into memory
+        that is already mapped and warm instead of fresh allocations is faster: for
+        whole-map buffers ~15% of the mask logits on a 2-core CPU (5.2 -> 4.35 ms per prompt,
+        float32, square crop). The last ``WORKSPACE_SIZES`` sizes per name are kept (see
+        there). Each thread has its own buffers, so batches may be decoded on several
+        threads at once."""
         work = getattr(self._local, "work", None)
         if work is None:
             work = self._local.work = {}
@@ -875,6 +953,21 @@ class FactoredGridDecoder:
         if key not in self._orders:
             order = self._pixel_order(th, tw, device)
             self._orders[key] = (order[None] * m + torch.arange(m, device=device)[:, None]).reshape(-1)
+        return self._orders[key]
+
+    def _tiled_logit_order(self, th: int, tw: int, m: int, device: torch.device) -> torch.Tensor:
+        """(M*16*th*tw,) int64: position in :meth:`_logits_from_conv1`'s tiled product of each
+        (mask, row-major low-res pixel): products' pixel position q (:meth:`_pixel_order`) in
+        the tile starting at 16*s, of 16*L pixels, is at ``M*16*s + mask*16*L + (q - 16*s)``.
+        Cached per size."""
+        key = ("tiled", th, tw, m, str(device))
+        if key not in self._orders:
+            q = self._pixel_order(th, tw, device)
+            tile = 16 * UPSCALE_TILE_TOKENS
+            start = torch.div(q, tile, rounding_mode="floor") * tile
+            length = (16 * th * tw - start).clamp(max=tile)
+            mask = torch.arange(m, device=device)[:, None]
+            self._orders[key] = (m * start + mask * length + (q - start)).reshape(-1)
         return self._orders[key]
 
     def _pixel_order(self, th: int, tw: int, device: torch.device) -> torch.Tensor:
