@@ -784,13 +784,10 @@ class FactoredGridDecoder:
         """
         n = base.shape[0]
         f = self._workspace("f1", n, rows_w1.shape[1], rows_w1)
-        starts = range(0, n, UPSCALE_TILE_TOKENS)
         counts, means, m2 = [], [], []
-        for s in starts:
+        for s in range(0, n, UPSCALE_TILE_TOKENS):
             e = min(s + UPSCALE_TILE_TOKENS, n)
-            ft = f[s:e]
-            torch.addcmul(b1 if b1.ndim == 1 else b1[s:e], a[s:e], base[s:e], out=ft)
-            ft.addmm_(coef[:, s:e].T, rows_w1)
+            ft = self._conv1_rows(a, base, b1, coef, rows_w1, s, e, out=f[s:e])
             mean_t = ft.mean()
             ft.sub_(mean_t)
             flat = ft.view(-1) if ft.dtype == torch.float32 else ft.view(-1).float()
@@ -808,19 +805,22 @@ class FactoredGridDecoder:
         return rows, torch.rsqrt(var + self.ln_eps).to(f.dtype)
 
     def _conv1_rows(self, a: torch.Tensor, base: torch.Tensor, b1: torch.Tensor,
-                    coef: torch.Tensor, rows_w1: torch.Tensor, s: int, e: int) -> torch.Tensor:
+                    coef: torch.Tensor, rows_w1: torch.Tensor, s: int, e: int,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens ``[s, e)`` of one prompt's first transposed convolution on form (*):
-        ``b1 + a * (B W1) + Q^T (M W1)``, (e - s, 4*c1) in a reused buffer.
+        ``b1 + a * (B W1) + Q^T (M W1)``, (e - s, 4*c1), written into ``out`` (contiguous)
+        or else a reused buffer.
 
         Args:
             a: (n, 1) scales. base: (n, 4*c1) ``conv1_base`` rows. b1: (4*c1,) or (n, 4*c1)
                 (:meth:`_upscaling_biases`). coef: (r, n) coefficients. rows_w1: (r, 4*c1).
             s, e: the token rows, 0 <= s < e <= n.
         """
+        if out is None:
+            out = self._workspace("f1", e - s, rows_w1.shape[1], rows_w1)
         bias = b1 if b1.ndim == 1 else b1[s:e]
-        f = torch.addcmul(bias, a[s:e], base[s:e],
-                          out=self._workspace("f1", e - s, rows_w1.shape[1], rows_w1))
-        return f.addmm_(coef[:, s:e].T, rows_w1)
+        torch.addcmul(bias, a[s:e], base[s:e], out=out)
+        return out.addmm_(coef[:, s:e].T, rows_w1)
 
     def norm_stats(self, image_tokens: FactoredImageTokens, ctx: FactoredContext,
                    rows_w1: torch.Tensor) -> torch.Tensor | None:
