@@ -80,10 +80,11 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 # crops, and a whole map (EfficientSAM's GroupNorm statistics).
 WORKSPACE_SIZES = 4
 
-# Tokens of one prompt's map taken through the output upscaling at a time
+# Tokens of one prompt's map taken through the output upscaling at a time on a CPU
 # (FactoredGridDecoder._logits_from_conv1): a tile's intermediates (first convolution 512 KB,
 # normalised 512 KB, second convolution 1 MB in float32) stay in a core's L2 cache from one
-# step to the next instead of making a round trip to memory per step.
+# step to the next instead of making a round trip to memory per step. On other devices the
+# whole map is one tile (FactoredGridDecoder.upscale_tile_tokens).
 UPSCALE_TILE_TOKENS = 512
 
 
@@ -769,7 +770,7 @@ class FactoredGridDecoder:
                           coef: torch.Tensor, rows_w1: torch.Tensor
                           ) -> tuple[Callable[[int, int], torch.Tensor], torch.Tensor]:
         """One prompt's whole first transposed convolution and its GroupNorm(1, C) statistics
-        over every channel and pixel (EfficientSAM), made :data:`UPSCALE_TILE_TOKENS` tokens
+        over every channel and pixel (EfficientSAM), made :meth:`upscale_tile_tokens` tokens
         at a time: each tile is centred on its own mean while it is in cache, and the tiles'
         means and sums of squared deviations combine exactly into the map's (Chan, Golub and
         LeVeque's pairwise update: ``M2 = sum M2_t + sum n_t (mean_t - mean)^2``).
@@ -783,10 +784,11 @@ class FactoredGridDecoder:
             both in the dtype of ``rows_w1``.
         """
         n = base.shape[0]
+        tile = self.upscale_tile_tokens(n, rows_w1.device)
         f = self._workspace("f1", n, rows_w1.shape[1], rows_w1)
         counts, means, m2 = [], [], []
-        for s in range(0, n, UPSCALE_TILE_TOKENS):
-            e = min(s + UPSCALE_TILE_TOKENS, n)
+        for s in range(0, n, tile):
+            e = min(s + tile, n)
             ft = self._conv1_rows(a, base, b1, coef, rows_w1, s, e, out=f[s:e])
             mean_t = ft.mean()
             ft.sub_(mean_t)
@@ -801,7 +803,7 @@ class FactoredGridDecoder:
         var = (torch.stack(m2).sum() + (count * (mean_t - mean).square()).sum()) / count.sum()
 
         def rows(s: int, e: int) -> torch.Tensor:
-            return f[s:e].add_(shift[s // UPSCALE_TILE_TOKENS])
+            return f[s:e].add_(shift[s // tile])
         return rows, torch.rsqrt(var + self.ln_eps).to(f.dtype)
 
     def _conv1_rows(self, a: torch.Tensor, base: torch.Tensor, b1: torch.Tensor,
@@ -884,7 +886,7 @@ class FactoredGridDecoder:
         (M, 4*th, 4*tw) in row-major pixel order. ``b2``: the second convolution's bias,
         (4*c2,) or per row (th*tw*4, 4*c2) (:meth:`_upscaling_biases`).
 
-        The map goes through these steps :data:`UPSCALE_TILE_TOKENS` tokens at a time (each
+        The map goes through these steps :meth:`upscale_tile_tokens` tokens at a time (each
         output pixel depends on its token alone), so that a tile's intermediates stay in
         cache; ``f`` may be a function ``(s, e) -> rows [s, e) of f`` that makes each tile of
         the first convolution when it is needed (:meth:`_conv1_rows`). On a 2-core AMD EPYC
@@ -907,8 +909,9 @@ class FactoredGridDecoder:
         # (M, 16 * tile) blocks, one after another: tile [s, e) at M*16*s
         res = self._workspace("res", 1, 16 * n * m, weights).view(-1)
         scale_w = None if centred_scale is None else self.ln_w * centred_scale
-        for s in range(0, n, UPSCALE_TILE_TOKENS):
-            e = min(s + UPSCALE_TILE_TOKENS, n)
+        tile = self.upscale_tile_tokens(n, res.device)
+        for s in range(0, n, tile):
+            e = min(s + tile, n)
             ft = rows(s, e).view(-1, self.c1)
             if scale_w is not None:
                 g = torch.addcmul(self.ln_b, ft, scale_w,
@@ -924,6 +927,15 @@ class FactoredGridDecoder:
         torch.index_select(res, 0, self._tiled_logit_order(th, tw, m, res.device),
                            out=out.view(-1))
         return out
+
+    @staticmethod
+    def upscale_tile_tokens(n: int, device: torch.device) -> int:
+        """Tokens of a prompt's ``n``-token map that :meth:`_logits_from_conv1` takes through
+        the output upscaling at a time: :data:`UPSCALE_TILE_TOKENS` on a CPU (a tile's
+        intermediates stay in L2), the whole map (``n``) on other devices, where each step is
+        one kernel launch over the map (six launches per map instead of six per tile). The
+        logits do not depend on the tiling beyond float rounding."""
+        return UPSCALE_TILE_TOKENS if device.type == "cpu" else n
 
     def _workspace(self, name: str, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
         """A (rows, cols) buffer of ``like``'s dtype and device, kept between calls and
@@ -960,10 +972,10 @@ class FactoredGridDecoder:
         (mask, row-major low-res pixel): products' pixel position q (:meth:`_pixel_order`) in
         the tile starting at 16*s, of 16*L pixels, is at ``M*16*s + mask*16*L + (q - 16*s)``.
         Cached per size."""
-        key = ("tiled", th, tw, m, str(device))
+        tile = 16 * self.upscale_tile_tokens(th * tw, device)
+        key = ("tiled", th, tw, m, tile, str(device))
         if key not in self._orders:
             q = self._pixel_order(th, tw, device)
-            tile = 16 * UPSCALE_TILE_TOKENS
             start = torch.div(q, tile, rounding_mode="floor") * tile
             length = (16 * th * tw - start).clamp(max=tile)
             mask = torch.arange(m, device=device)[:, None]

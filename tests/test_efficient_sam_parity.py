@@ -174,6 +174,24 @@ def test_point_decoder_matches_official(encoded):
         decoder.decode(torch.as_tensor(pts[:, None]), 0.0)
 
 
+@pytest.mark.parametrize("tile", ["whole map", 100])
+def test_point_decoder_upscale_tiling_matches_official(encoded, monkeypatch, tile):
+    """The whole-map logits with other tilings of the output upscaling than the CPU's 512
+    tokens: the whole map as one tile (what a GPU runs) and 100-token tiles (4096 tokens:
+    40 whole tiles and a partial one). The GroupNorm statistics combine the tiles' means and
+    squared deviations, so every tiling must give the official logits."""
+    from sam_model.factored_decoder import FactoredGridDecoder
+    name, ours, oracle, image, emb, ref = encoded
+    h, w = image.shape[:2]
+    pts = np.random.default_rng(3).uniform([0, 0], [w, h], size=(2, 2))
+    low_ref, _ = oracle_predict(oracle, ref, image, pts[:, None], np.ones((2, 1)))
+    monkeypatch.setattr(FactoredGridDecoder, "upscale_tile_tokens", staticmethod(
+        lambda n, device: n if tile == "whole map" else tile))
+    out = ours.point_decoder(emb).decode(torch.as_tensor(pts), iou_thresh=0.0)
+    assert out.low_res_logits.shape == (6, 256, 256)
+    assert rel_err(out.low_res_logits, low_ref.reshape(6, 256, 256)) < 1e-4
+
+
 def test_too_many_points_are_refused(encoded):
     name, ours, oracle, image, emb, ref = encoded
     with pytest.raises(ValueError, match="at most 6 points"):

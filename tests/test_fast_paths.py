@@ -87,6 +87,27 @@ def test_factored_decoder_matches_mask_decoder(decoded):
     torch.testing.assert_close(f["low"], decoded["low"][0], rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("tile", ["whole map", 100])
+def test_factored_decoder_upscale_tiling_matches_mask_decoder(mobile_sam, monkeypatch, tile):
+    """Whole-map logits with other tilings of the output upscaling than the CPU's 512 tokens:
+    the whole map as one tile (what a GPU runs) and 100-token tiles (bus.jpg's 64 x 48
+    tokens: 30 whole tiles and a partial one), against the plain decoder."""
+    m = mobile_sam
+    emb, sparse, dense, pe = point_prompts(m, 3, seed=1)
+    monkeypatch.setattr(FactoredGridDecoder, "upscale_tile_tokens", staticmethod(
+        lambda n, device: n if tile == "whole map" else tile))
+    with torch.inference_mode():
+        dec = m.mask_decoder
+        tokens, img_tokens = dec.run_transformer(emb.embedding, pe, sparse, dense)
+        low = dec.predict_mask_logits(tokens, img_tokens, emb.grid_hw, [1, 2, 3])
+        fd = FactoredGridDecoder(dec)
+        fctx = fd.prepare(emb.embedding, pe, dense.expand_as(emb.embedding))
+        f_tokens, f_img = fd.run_transformer(fctx, sparse)
+        f_low = fd.predict_mask_logits(f_tokens, f_img, fctx.grid_hw, [1, 2, 3], ctx=fctx)
+    assert f_low.shape == (3, 3, 256, 256)
+    torch.testing.assert_close(f_low, low, rtol=0, atol=1e-3)
+
+
 def test_factored_decoder_final_token_subset_and_token_region(decoded):
     f = decoded["factored"]
     full = decoded["tokens"][0]
