@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import MLP, attention
+from .layers import MLP, SCRATCH_MAX_BYTES, ScratchBuffer, attention
 from .sam2_configs import HieraBlockSpec, HieraConfig
 from .vit import window_partition, window_unpartition
 
@@ -55,25 +55,27 @@ class HieraAttention(nn.Module):
         self.proj = nn.Linear(dim_out, dim_out)
         self.fused = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scratch: ScratchBuffer | None = None) -> torch.Tensor:
         """``x``: (B, H, W, dim) float (B counts windows) -> (B, H', W', dim_out), (H', W') the
         pooled grid with ``q_stride``, else (H, W).
 
         Without autograd, windows are processed in groups whose ``qkv`` output stays under
         :data:`QKV_CHUNK_BYTES` (windows are independent, so the result is the same): at
-        stride 4 the whole ``qkv`` of Hiera-L's stage transition is 226 MB.
+        stride 4 the whole ``qkv`` of Hiera-L's stage transition is 226 MB. With ``scratch``
+        (inference) each group's ``qkv`` output is written into it.
         """
         b = x.shape[0]
         per_window = x[0].numel() // x.shape[-1] * self.qkv.out_features * x.element_size()
         group = max(1, QKV_CHUNK_BYTES // per_window)
         if b <= group or torch.is_grad_enabled():
-            return self._attend(x)
-        return torch.cat([self._attend(part) for part in x.split(group)], 0)
+            return self._attend(x, scratch)
+        return torch.cat([self._attend(part, scratch) for part in x.split(group)], 0)
 
-    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+    def _attend(self, x: torch.Tensor, scratch: ScratchBuffer | None) -> torch.Tensor:
         """:meth:`forward` on one group of windows."""
         b, h, w, _ = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1)
+        qkv = self.qkv(x) if scratch is None else scratch.linear(self.qkv, x.contiguous())
+        qkv = qkv.reshape(b, h * w, 3, self.num_heads, -1)
         q, k, v = qkv.unbind(2)  # (B, HW, heads, d)
         if self.q_stride is not None:
             q = max_pool_tokens(q.reshape(b, h, w, -1), self.q_stride)
@@ -103,9 +105,10 @@ class HieraBlock(nn.Module):
         if spec.dim != spec.dim_out:
             self.proj = nn.Linear(spec.dim, spec.dim_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scratch: ScratchBuffer | None = None) -> torch.Tensor:
         """``x``: (B, H, W, dim) float -> (B, H', W', dim_out); (H', W') = (H, W) pooled by
-        ``q_stride`` (floor) when the block pools, else (H, W)."""
+        ``q_stride`` (floor) when the block pools, else (H, W). ``scratch`` (inference only):
+        where the ``qkv`` projection and the MLP's hidden layer are written (:class:`Hiera`)."""
         spec = self.spec
         shortcut = x
         x = self.norm1(x)
@@ -116,7 +119,7 @@ class HieraBlock(nn.Module):
         window = spec.window_size
         if window > 0:
             x, padded_hw = window_partition(x, window)
-        x = self.attn(x)
+        x = self.attn(x, scratch)
         if window > 0:
             h, w = shortcut.shape[1:3]
             if spec.q_stride is not None:
@@ -124,16 +127,14 @@ class HieraBlock(nn.Module):
                 padded_hw = (h + (-h) % window, w + (-w) % window)
             x = window_unpartition(x.contiguous(), window, padded_hw, (h, w))
         x = shortcut + x
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or scratch is None:
             return x + self.mlp(self.norm2(x))
-        # Inference: the same arithmetic with the GELU and the residual sum in place, so the
-        # stage-1 MLP (4 x 144 channels on a 256 x 256 grid for Hiera-L, 151 MB) holds one
-        # hidden activation instead of two.
+        # Inference: the same arithmetic with the hidden layer in the scratch buffer and the
+        # GELU and the residual sum in place, so the stage-1 MLP (4 x 144 channels on a
+        # 256 x 256 grid for Hiera-L, 151 MB) holds one hidden activation instead of two.
         fc1, fc2 = self.mlp.layers
-        hidden = torch.ops.aten.gelu_(fc1(self.norm2(x)))
-        out = fc2(hidden)
-        del hidden
-        return out.add_(x)
+        hidden = torch.ops.aten.gelu_(scratch.linear(fc1, self.norm2(x)))
+        return fc2(hidden).add_(x)
 
 
 class HieraPatchEmbed(nn.Module):
@@ -190,13 +191,19 @@ class Hiera(nn.Module):
         return pos.permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``x``: (B, 3, H, W) float32 -> the four stage outputs (see class docstring)."""
+        """``x``: (B, 3, H, W) float32 -> the four stage outputs (see class docstring).
+
+        Without autograd, every block's ``qkv`` projection and MLP hidden layer up to
+        :data:`~sam_model.layers.SCRATCH_MAX_BYTES` are written into one
+        :class:`~sam_model.layers.ScratchBuffer` for the whole forward (never two of them
+        alive at once), instead of a fresh tensor each (same values)."""
         x = self.patch_embed(x)
         x = x + self.position_embedding(x.shape[1], x.shape[2])
         ends = set(self.cfg.stage_ends)
         outputs = []
+        scratch = None if torch.is_grad_enabled() else ScratchBuffer(SCRATCH_MAX_BYTES)
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            x = block(x, scratch)
             if i in ends:
                 outputs.append(x.permute(0, 3, 1, 2))
         return outputs

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .configs import ViTConfig
-from .layers import LayerNorm2d, attention
+from .layers import SCRATCH_MAX_BYTES, LayerNorm2d, ScratchBuffer, attention
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -83,11 +83,13 @@ class ViTAttention(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
         self.fused = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (B, H, W, C) float tokens -> (B, H, W, C)."""
+    def forward(self, x: torch.Tensor, scratch: ScratchBuffer | None = None) -> torch.Tensor:
+        """``x``: (B, H, W, C) float tokens -> (B, H, W, C); ``scratch`` (inference only):
+        where the ``qkv`` projection is written."""
         b, h, w, c = x.shape
         heads = self.num_heads
-        qkv = self.qkv(x).reshape(b, h * w, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x) if scratch is None else scratch.linear(self.qkv, x.contiguous())
+        qkv = qkv.reshape(b, h * w, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, HW, head_dim)
         rh = relative_position_table(h, h, self.rel_pos_h)  # (H, H, hd)
         rw = relative_position_table(w, w, self.rel_pos_w)  # (W, W, hd)
@@ -126,19 +128,24 @@ class ViTBlock(nn.Module):
         self.mlp = ViTMLP(dim, int(dim * mlp_ratio))
         self.window_size = window_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (B, H, W, C) float -> (B, H, W, C)."""
+    def forward(self, x: torch.Tensor, scratch: ScratchBuffer | None = None) -> torch.Tensor:
+        """``x``: (B, H, W, C) float -> (B, H, W, C). ``scratch`` (inference only): where the
+        ``qkv`` projection and the MLP's hidden layer are written (:class:`ViTImageEncoder`);
+        the MLP's GELU then runs in place (the same values)."""
         shortcut = x
         x = self.norm1(x)
         if self.window_size > 0:
             hw = x.shape[1:3]
             x, padded = window_partition(x, self.window_size)
-            x = self.attn(x)
+            x = self.attn(x, scratch)
             x = window_unpartition(x, self.window_size, padded, hw)
         else:
-            x = self.attn(x)
+            x = self.attn(x, scratch)
         x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        if scratch is None or torch.is_grad_enabled():
+            return x + self.mlp(self.norm2(x))
+        hidden = torch.ops.aten.gelu_(scratch.linear(self.mlp.lin1, self.norm2(x)))
+        return x + self.mlp.lin2(hidden)
 
 
 class PatchEmbed(nn.Module):
@@ -217,8 +224,12 @@ class ViTImageEncoder(nn.Module):
         x = self.patch_embed(x)
         x = x + self.position_embedding(x.shape[1], x.shape[2])
         interm = None
+        # Without autograd every block's qkv projection and MLP hidden layer up to
+        # SCRATCH_MAX_BYTES go into one buffer for the whole forward (never two of them alive
+        # at once), not a fresh tensor each.
+        scratch = None if torch.is_grad_enabled() else ScratchBuffer(SCRATCH_MAX_BYTES)
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            x = block(x, scratch)
             if i == interm_block:
                 interm = x
         return self.neck(x.permute(0, 3, 1, 2)), interm

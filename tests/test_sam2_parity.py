@@ -67,25 +67,32 @@ def test_encoder_features_match(pair):
 
 
 def test_hiera_inference_path_equals_the_autograd_path(tiny, monkeypatch):
-    """Without autograd the trunk attends over groups of windows and runs its MLP GELU and
-    residual sum in place; with autograd it runs each block whole, as the official Hiera.
-    A small group limit forces several (uneven) groups in every windowed block."""
+    """Without autograd the trunk attends over groups of windows, writes the qkv projections
+    and MLP hidden layers into one scratch buffer and runs its MLP GELU and residual sum in
+    place; with autograd it runs each block whole, as the official Hiera. A small group limit
+    forces several (uneven) groups in every windowed block."""
     import sam_model.hiera as hiera
     monkeypatch.setattr(hiera, "QKV_CHUNK_BYTES", 3 * 2**20)
-    groups = []
+    groups, scratches = [], set()
     attend = hiera.HieraAttention._attend
-    monkeypatch.setattr(hiera.HieraAttention, "_attend",
-                        lambda self, x: groups.append(len(x)) or attend(self, x))
+
+    def counted(self, x, scratch):
+        groups.append(len(x))
+        scratches.add(id(scratch) if scratch is not None else None)
+        return attend(self, x, scratch)
+    monkeypatch.setattr(hiera.HieraAttention, "_attend", counted)
     trunk = tiny.ours.image_encoder.trunk
     x = tiny.ours.preprocess(tiny.image)
     with torch.inference_mode():
         fast = trunk(x)
     blocks = len(trunk.blocks)
     assert len(groups) > 2 * blocks and len(set(groups)) > 2
+    assert len(scratches) == 1 and None not in scratches  # one buffer for the whole forward
     groups.clear()
+    scratches.clear()
     with torch.enable_grad():
         plain = [t.detach() for t in trunk(x)]
-    assert len(groups) == blocks
+    assert len(groups) == blocks and scratches == {None}
     for a, b in zip(fast, plain):
         assert a.shape == b.shape
         assert rel_err(a, b) < 1e-6
