@@ -74,7 +74,7 @@ class HieraAttention(nn.Module):
     def _attend(self, x: torch.Tensor, scratch: ScratchBuffer | None) -> torch.Tensor:
         """:meth:`forward` on one group of windows."""
         b, h, w, _ = x.shape
-        qkv = self.qkv(x) if scratch is None else scratch.linear(self.qkv, x.contiguous())
+        qkv = self.qkv(x) if scratch is None else scratch.linear(self.qkv, x)
         qkv = qkv.reshape(b, h * w, 3, self.num_heads, -1)
         q, k, v = qkv.unbind(2)  # (B, HW, heads, d)
         if self.q_stride is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -43,9 +44,7 @@ class ScratchBuffer:
         """A contiguous ``shape`` view of the buffer in ``like``'s dtype and device (the
         buffer grows when needed); its values are undefined, and the previous view's memory
         is reused. Above ``max_bytes``: a fresh tensor, and the buffer is released."""
-        n = 1
-        for size in shape:
-            n *= size
+        n = math.prod(shape)
         if self.max_bytes is not None and n * like.element_size() > self.max_bytes:
             self._buf = None
             return like.new_empty(shape)
@@ -56,7 +55,7 @@ class ScratchBuffer:
         return buf[:n].view(shape)
 
     def linear(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        """``layer(x)`` for ``x`` (..., in_features) contiguous, written into the buffer:
+        """``layer(x)`` for ``x`` (..., in_features), written into the buffer:
         (..., out_features), ``torch.addmm(bias, x, weight^T)`` (``F.linear``'s product)."""
         out = self.take((*x.shape[:-1], layer.out_features), x)
         torch.addmm(layer.bias, x.reshape(-1, x.shape[-1]), layer.weight.t(),

@@ -88,7 +88,7 @@ class ViTAttention(nn.Module):
         where the ``qkv`` projection is written."""
         b, h, w, c = x.shape
         heads = self.num_heads
-        qkv = self.qkv(x) if scratch is None else scratch.linear(self.qkv, x.contiguous())
+        qkv = self.qkv(x) if scratch is None else scratch.linear(self.qkv, x)
         qkv = qkv.reshape(b, h * w, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, HW, head_dim)
         rh = relative_position_table(h, h, self.rel_pos_h)  # (H, H, hd)
