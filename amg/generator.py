@@ -153,8 +153,12 @@ class MaskGenerator:
             intra-op thread count at each :meth:`generate` call (``torch.get_num_threads()``)
             on a CPU, 1 on other devices. The image encoder keeps torch's intra-op threads.
             Whole batches per thread need no fork-join per operator, so a thread that another
-            process holds off its core delays only its own batch; the masks do not depend on
-            it (each batch's arithmetic is the one-thread arithmetic, in the same order).
+            process holds off its core delays only its own batch; the records are those of a
+            run on one intra-op thread, byte for byte (each batch's arithmetic is the
+            one-thread arithmetic, in the same order). Against ``batch_threads=1`` with more
+            intra-op threads they can differ in float rounding where the math library splits
+            a matrix product's inner dimension across threads (on an AVX-512 host, the token
+            MLP's 2048-wide second layer).
         **params: any :class:`AMGConfig` field, by the reference's names.
 
     Raises:
