@@ -495,17 +495,12 @@ class FactoredGridDecoder:
         w = torch.einsum("bmhd,hdc->bhmc", q, wk).reshape(b, h * m, -1)  # (B, h*m, C)
         rw = torch.bmm(w, rows.transpose(1, 2))  # (B, h*m, r)
         logits = torch.bmm(rw, coef).view(b, h, m, hw)
-        # the shared terms head-major (h, B*m, HW): a * (q . k_base) + q . k_pe, the second
-        # accumulated by the product itself
-        shared = torch.bmm(qh, sh.k_base)
-        shared.view(h, b, m, hw).mul_(scale.view(1, b, 1, hw))
-        shared.baddbmm_(qh, sh.k_pe)
-        logits += shared.view(h, b, m, hw).transpose(0, 1)
+        s_base = torch.bmm(qh, sh.k_base).view(h, b, m, hw).transpose(0, 1)
+        logits.addcmul_(s_base, scale.view(b, 1, 1, hw))
+        logits += torch.bmm(qh, sh.k_pe).view(h, b, m, hw).transpose(0, 1)
         p = logits.softmax(-1)  # (B, h, m, HW)
-        pa = shared.view(h, b, m, hw)  # reused: p * a, head-major, in one pass
-        torch.mul(p.transpose(0, 1), scale.view(1, b, 1, hw), out=pa)
-        v_base = torch.bmm(pa.view(h, b * m, hw), sh.v_base)
-        v_base = v_base.view(h, b, m, d).permute(1, 2, 0, 3)  # (B, m, h, d)
+        pa = (p * scale.view(b, 1, 1, hw)).transpose(0, 1).reshape(h, b * m, hw)
+        v_base = torch.bmm(pa, sh.v_base).view(h, b, m, d).permute(1, 2, 0, 3)  # (B, m, h, d)
         pooled = torch.bmm(torch.bmm(p.view(b, h * m, hw), coef.transpose(1, 2)), rows)
         wv = attn.v_proj.weight.unflatten(0, (h, d))
         v_rows = torch.einsum("bhmc,hdc->bmhd", pooled.view(b, h, m, -1), wv)
@@ -534,14 +529,13 @@ class FactoredGridDecoder:
         wq = attn.q_proj.weight.unflatten(0, (h, d))
         kq = torch.einsum("bthd,hdc->bhtc", k, wq).reshape(b, h * nt, -1)  # (B, h*Nt, C)
         const = torch.einsum("bthd,hd->bht", k, attn.q_proj.bias.unflatten(0, (h, d)))
-        if key_bias is not None:
-            const = const + key_bias
         logits = torch.bmm(torch.bmm(kq, rows.transpose(1, 2)), coef).view(b, h, nt, hw)
-        shared = torch.bmm(kh, sh.q_base)  # head-major, as in _token_to_image
-        shared.view(h, b, nt, hw).mul_(scale.view(1, b, 1, hw))
-        shared.baddbmm_(kh, sh.q_pe)
-        logits += shared.view(h, b, nt, hw).transpose(0, 1)
+        s_base = torch.bmm(kh, sh.q_base).view(h, b, nt, hw).transpose(0, 1)
+        logits.addcmul_(s_base, scale.view(b, 1, 1, hw))
+        logits += torch.bmm(kh, sh.q_pe).view(h, b, nt, hw).transpose(0, 1)
         logits += const[..., None]
+        if key_bias is not None:
+            logits += key_bias[:, None]
         v = _heads(attn.v_proj(tokens), h)
         return logits.softmax(2).view(b, h * nt, hw), v, self._fold_values(attn, v)
 
