@@ -22,6 +22,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from amg import MaskGenerator
+from amg.dataset.threads import TorchThreads
 from sam_model import SAM2_CONFIGS, Sam2
 from sam_model.point_decoder import RejectWindow, window_logits
 from sam_model.sam2_factored_decoder import Sam2FactoredPointDecoder
@@ -225,11 +226,7 @@ def test_generator_batches_on_threads_give_the_same_records(model, monkeypatch):
     common = dict(points_per_side=4, points_per_batch=4, pred_iou_thresh=0.45,
                   stability_score_thresh=0.5, box_nms_thresh=1.0, output_mode="coco_rle",
                   multimask_output=False)
-    caller = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with TorchThreads(1):
         one = MaskGenerator(model, batch_threads=1, **common).generate(image)
-    finally:
-        torch.set_num_threads(caller)
     two = MaskGenerator(model, batch_threads=2, **common).generate(image)
     assert len(one) > 0 and one == two
