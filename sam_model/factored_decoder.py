@@ -81,11 +81,16 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 WORKSPACE_SIZES = 4
 
 # Tokens of one prompt's map taken through the output upscaling at a time on a CPU
-# (FactoredGridDecoder._logits_from_conv1): a tile's intermediates (first convolution 512 KB,
-# normalised 512 KB, second convolution 1 MB in float32) stay in a core's L2 cache from one
-# step to the next instead of making a round trip to memory per step. On other devices the
-# whole map is one tile (FactoredGridDecoder.upscale_tile_tokens).
-UPSCALE_TILE_TOKENS = 512
+# (FactoredGridDecoder._logits_from_conv1): a tile's intermediates (first convolution 1 MB,
+# normalised 1 MB, second convolution 2 MB in float32) stay in a core's L2 or nearby from one
+# step to the next instead of making a round trip to memory per step for the whole map, in
+# few enough operations that their dispatch costs little. Measured with one thread, float32,
+# interleaved runs: on a 2-core AMD EPYC (AVX2, 1 MB L2 per core) tiles of 512 and 1024
+# tokens were the fastest, 256 and 2048 slower; on a 2-core Intel Xeon (AVX-512, 2 MB L2 per
+# core) 1024 took the whole-map logits 9% below 512 (EfficientSAM, groceries.jpg) and 7%
+# (MobileSAM, dog.jpg). On other devices the whole map is one tile
+# (FactoredGridDecoder.upscale_tile_tokens).
+UPSCALE_TILE_TOKENS = 1024
 
 
 @dataclass
@@ -450,12 +455,14 @@ class FactoredGridDecoder:
                 vi += 1
                 _, nt, h, d = v.shape
                 v1 = torch.cat([v, v.new_ones(b, nt, h, 1)], -1)  # (B, Nt, h, d+1)
-                prod = torch.bmm(v1.permute(2, 0, 1, 3).reshape(h, b * nt, d + 1), term)
+                prod = self._scores(v1.permute(2, 0, 1, 3).reshape(h, b * nt, d + 1), term)
                 prod = prod.view(h, b, nt, hw).transpose(0, 1)  # (B, h, Nt, HW): Bc . U[h, t]
                 # rows U[h, t] - U[h, last] (t < last), then the group's row sum_h U[h, last]
                 k = h * (nt - 1)
                 last = prod[:, :, nt - 1:]
-                cross += (coef[:, off:off + k].view(b, h, nt - 1, hw) * (prod[:, :, :nt - 1] - last)).sum((1, 2))
+                diff = torch.sub(prod[:, :, :nt - 1], last,
+                                 out=self._workspace("diff", b * h, (nt - 1) * hw, coef).view(b, h, nt - 1, hw))
+                cross += diff.mul_(coef[:, off:off + k].view(b, h, nt - 1, hw)).sum((1, 2))
                 cross.addcmul_(coef[:, off + k], last.sum((1, 2)))
                 off += k + 1
             else:
@@ -495,11 +502,13 @@ class FactoredGridDecoder:
         w = torch.einsum("bmhd,hdc->bhmc", q, wk).reshape(b, h * m, -1)  # (B, h*m, C)
         rw = torch.bmm(w, rows.transpose(1, 2))  # (B, h*m, r)
         logits = torch.bmm(rw, coef).view(b, h, m, hw)
-        s_base = torch.bmm(qh, sh.k_base).view(h, b, m, hw).transpose(0, 1)
+        s_base = self._scores(qh, sh.k_base).view(h, b, m, hw).transpose(0, 1)
         logits.addcmul_(s_base, scale.view(b, 1, 1, hw))
-        logits += torch.bmm(qh, sh.k_pe).view(h, b, m, hw).transpose(0, 1)
-        p = logits.softmax(-1)  # (B, h, m, HW)
-        pa = (p * scale.view(b, 1, 1, hw)).transpose(0, 1).reshape(h, b * m, hw)
+        logits += self._scores(qh, sh.k_pe).view(h, b, m, hw).transpose(0, 1)
+        p = torch.ops.aten._softmax.out(logits, -1, False, out=logits)  # (B, h, m, HW), in place
+        # p * a written head-major in the same pass (the bmm below batches over heads)
+        pa = torch.mul(p.transpose(0, 1), scale.view(1, b, 1, hw),
+                       out=p.new_empty(h, b, m, hw)).view(h, b * m, hw)
         v_base = torch.bmm(pa, sh.v_base).view(h, b, m, d).permute(1, 2, 0, 3)  # (B, m, h, d)
         pooled = torch.bmm(torch.bmm(p.view(b, h * m, hw), coef.transpose(1, 2)), rows)
         wv = attn.v_proj.weight.unflatten(0, (h, d))
@@ -530,14 +539,22 @@ class FactoredGridDecoder:
         kq = torch.einsum("bthd,hdc->bhtc", k, wq).reshape(b, h * nt, -1)  # (B, h*Nt, C)
         const = torch.einsum("bthd,hd->bht", k, attn.q_proj.bias.unflatten(0, (h, d)))
         logits = torch.bmm(torch.bmm(kq, rows.transpose(1, 2)), coef).view(b, h, nt, hw)
-        s_base = torch.bmm(kh, sh.q_base).view(h, b, nt, hw).transpose(0, 1)
+        s_base = self._scores(kh, sh.q_base).view(h, b, nt, hw).transpose(0, 1)
         logits.addcmul_(s_base, scale.view(b, 1, 1, hw))
-        logits += torch.bmm(kh, sh.q_pe).view(h, b, nt, hw).transpose(0, 1)
+        logits += self._scores(kh, sh.q_pe).view(h, b, nt, hw).transpose(0, 1)
         logits += const[..., None]
         if key_bias is not None:
             logits += key_bias[:, None]
         v = _heads(attn.v_proj(tokens), h)
         return logits.softmax(2).view(b, h * nt, hw), v, self._fold_values(attn, v)
+
+    def _scores(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``torch.bmm(x, y)`` (h, n, k) x (h, k, HW) -> (h, n, HW) into a reused buffer (see
+        :meth:`_workspace`): valid until the next call; each per-head product of the
+        per-image terms is read once, by the next operation."""
+        h, n, _ = x.shape
+        out = self._workspace("scores", h * n, y.shape[2], x).view(h, n, y.shape[2])
+        return torch.bmm(x, y, out=out)
 
     @staticmethod
     def _update_rows(p: torch.Tensor, m: torch.Tensor, coef: torch.Tensor, rows: torch.Tensor) -> None:
@@ -757,9 +774,8 @@ class FactoredGridDecoder:
             coef = image_tokens.coef[i].view(r, gh, gw)[:, y0:y1, x0:x1].reshape(r, n)
             a = image_tokens.scale[i].view(gh, gw)[y0:y1, x0:x1].reshape(n, 1)
             if map_stats:  # the whole map's statistics first, tile by tile
-                rows, centred_scale = self._group_norm_conv1(a, base, b1, coef, rows_w1[i])
-                self._logits_from_conv1(rows, weights[i], th, tw, out[i], b2,
-                                        centred_scale=centred_scale)
+                rows, affine = self._group_norm_conv1(a, base, b1, coef, rows_w1[i])
+                self._logits_from_conv1(rows, weights[i], th, tw, out[i], b2, tile_affine=affine)
             else:  # each tile of the first convolution made when the upscaling needs it
                 stats = None if norm_stats is None else norm_stats[i]
                 rows = partial(self._conv1_rows, a, base, b1, coef, rows_w1[i])
@@ -768,7 +784,8 @@ class FactoredGridDecoder:
 
     def _group_norm_conv1(self, a: torch.Tensor, base: torch.Tensor, b1: torch.Tensor,
                           coef: torch.Tensor, rows_w1: torch.Tensor
-                          ) -> tuple[Callable[[int, int], torch.Tensor], torch.Tensor]:
+                          ) -> tuple[Callable[[int, int], torch.Tensor],
+                                     Callable[[int], tuple[torch.Tensor, torch.Tensor]]]:
         """One prompt's whole first transposed convolution and its GroupNorm(1, C) statistics
         over every channel and pixel (EfficientSAM), made :meth:`upscale_tile_tokens` tokens
         at a time: each tile is centred on its own mean while it is in cache, and the tiles'
@@ -778,10 +795,12 @@ class FactoredGridDecoder:
         Args: as :meth:`_conv1_rows` (all n tokens).
 
         Returns:
-            ``rows(s, e)``: the map's rows [s, e) centred on the map's mean (in place, once
-            per tile, in the order :meth:`_logits_from_conv1` asks for them), and the
-            GroupNorm's ``1 / sqrt(var + eps)`` (0-d, biased variance as ``nn.GroupNorm``),
-            both in the dtype of ``rows_w1``.
+            ``rows(s, e)``: the map's rows [s, e), each tile centred on its own mean, and
+            ``affine(s)``: the GroupNorm and its affine for the tile starting at row ``s``
+            as ``(bias, scale)``, both (c1,): ``y = bias + x * scale`` with ``scale = w /
+            sqrt(var + eps)`` (biased variance, as ``nn.GroupNorm``) and ``bias = b +
+            (mean_t - mean) * scale``, so that the tile's shift to the map's mean costs no
+            pass over its values; all in the dtype of ``rows_w1``.
         """
         n = base.shape[0]
         tile = self.upscale_tile_tokens(n, rows_w1.device)
@@ -799,12 +818,17 @@ class FactoredGridDecoder:
         count = torch.tensor(counts, dtype=torch.float32, device=f.device)
         mean_t = torch.stack(means)
         mean = (count * mean_t).sum() / count.sum()
-        shift = (mean_t - mean).to(f.dtype)  # per tile: add to its values centred on its own mean
         var = (torch.stack(m2).sum() + (count * (mean_t - mean).square()).sum()) / count.sum()
+        scale = self.ln_w * torch.rsqrt(var + self.ln_eps).to(f.dtype)  # (c1,)
+        # per tile: the shift from its own mean to the map's, through the affine
+        biases = torch.addcmul(self.ln_b, (mean_t - mean).to(f.dtype)[:, None], scale)
 
         def rows(s: int, e: int) -> torch.Tensor:
-            return f[s:e].add_(shift[s // tile])
-        return rows, torch.rsqrt(var + self.ln_eps).to(f.dtype)
+            return f[s:e]
+
+        def affine(s: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return biases[s // tile], scale
+        return rows, affine
 
     def _conv1_rows(self, a: torch.Tensor, base: torch.Tensor, b1: torch.Tensor,
                     coef: torch.Tensor, rows_w1: torch.Tensor, s: int, e: int,
@@ -877,7 +901,8 @@ class FactoredGridDecoder:
                            weights: torch.Tensor, th: int, tw: int,
                            out: torch.Tensor, b2: torch.Tensor,
                            stats: torch.Tensor | None = None,
-                           centred_scale: torch.Tensor | None = None) -> torch.Tensor:
+                           tile_affine: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+                           | None = None) -> torch.Tensor:
         """Rest of the output upscaling for one prompt, from the first transposed convolution's
         output ``f`` (th*tw, 4*c1) (token-major, sub-pixel (i, j), channel): LayerNorm2d (or
         GroupNorm with ``stats``, :meth:`_upscale_norm`), GELU,
@@ -893,28 +918,29 @@ class FactoredGridDecoder:
         (AVX2, 1 MB L2 per core; float32, one thread; 8 prompts, medians of 8 interleaved
         runs) tiles of 512 tokens took MobileSAM's whole-map logits from 14.8 to 12.7 ms per
         prompt (dog.jpg, 43 x 64 tokens) and EfficientSAM's from 20.9 to 17.7 ms (64 x 64);
-        tiles of 256 and 2048 tokens were slower than 512 and 1024.
+        tiles of 256 and 2048 tokens were slower than 512 and 1024. On a 2-core Intel Xeon
+        (AVX-512, 2 MB L2 per core) 1024 was 7-9% faster than 512 (:data:`UPSCALE_TILE_TOKENS`).
 
         The last product of each tile is (M, c2) x (c2, tile*16), the second convolution's
         output viewed one pixel per row and transposed, into a (M, tile*16) block: the mask
         dimension of 1-3 is the product's row count, not its column count (in float32 on a
         2-core CPU 1.0-1.3 ms against 1.9 ms per 64 x 64 map).
 
-        ``centred_scale`` (0-d): ``f`` is already centred over the whole map, and this is the
-        GroupNorm's ``1 / sqrt(var + eps)``; the normalisation and affine are then one pass,
-        ``b + f * (w / sqrt(var + eps))``, into a reused buffer."""
+        ``tile_affine`` (:meth:`_group_norm_conv1`): ``s -> (bias, scale)``, the whole map's
+        GroupNorm and affine for the tile starting at row ``s``; the normalisation is then
+        one pass, ``bias + f * scale``, into a reused buffer."""
         m = weights.shape[0]
         n = th * tw
         rows = f if callable(f) else (lambda s, e: f[s:e])
         # (M, 16 * tile) blocks, one after another: tile [s, e) at M*16*s
         res = self._workspace("res", 1, 16 * n * m, weights).view(-1)
-        scale_w = None if centred_scale is None else self.ln_w * centred_scale
         tile = self.upscale_tile_tokens(n, res.device)
         for s in range(0, n, tile):
             e = min(s + tile, n)
             ft = rows(s, e).view(-1, self.c1)
-            if scale_w is not None:
-                g = torch.addcmul(self.ln_b, ft, scale_w,
+            if tile_affine is not None:
+                bias_t, scale_t = tile_affine(s)
+                g = torch.addcmul(bias_t, ft, scale_t,
                                   out=self._workspace("g", ft.shape[0], self.c1, ft))
             else:
                 g = self._upscale_norm(ft, stats)
@@ -1181,12 +1207,25 @@ class FactoredPointDecoder:
                 low = gd.predict_mask_logits(tok, img, ctx.grid_hw, MULTIMASK_TOKENS, self.token_hw,
                                              ctx, weights=inputs[0], rows_w1=inputs[1],
                                              norm_stats=inputs[2])  # (r, 3, 4th, 4tw)
-            lows.append(low[k])
+            lows.append((low, k.flatten().nonzero().flatten()))
             ious.append(iou[rows][k])
             idxs.append((rows[:, None] + s).expand(-1, 3)[k])
         if not lows:
             return DecodedMasks.empty(self.low_res_hw, points_xy.device)
-        return DecodedMasks(torch.cat(lows), torch.cat(ious), torch.cat(idxs))
+        return DecodedMasks(self._gather(lows), torch.cat(ious), torch.cat(idxs))
+
+    @staticmethod
+    def _gather(lows: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The kept outputs of every chunk in one (K, h, w) tensor: ``lows`` holds per chunk
+        its logits (r, 3, h, w) and the flat indices (k,) of its kept outputs; each kept map
+        is copied once, straight into its place."""
+        first = lows[0][0]
+        out = first.new_empty(sum(len(i) for _, i in lows), *first.shape[2:])
+        start = 0
+        for low, index in lows:
+            torch.index_select(low.flatten(0, 1), 0, index, out=out[start:start + len(index)])
+            start += len(index)
+        return out
 
     def _rejected(self, tokens: torch.Tensor, image_tokens: FactoredImageTokens, inputs: tuple,
                   windows: Sequence[RejectWindow], wanted: torch.Tensor) -> torch.Tensor:

@@ -89,7 +89,7 @@ def test_factored_decoder_matches_mask_decoder(decoded):
 
 @pytest.mark.parametrize("tile", ["whole map", 100])
 def test_factored_decoder_upscale_tiling_matches_mask_decoder(mobile_sam, monkeypatch, tile):
-    """Whole-map logits with other tilings of the output upscaling than the CPU's 512 tokens:
+    """Whole-map logits with other tilings of the output upscaling than the CPU's 1024 tokens:
     the whole map as one tile (what a GPU runs) and 100-token tiles (bus.jpg's 64 x 48
     tokens: 30 whole tiles and a partial one), against the plain decoder."""
     m = mobile_sam
