@@ -510,7 +510,11 @@ class FactoredGridDecoder:
         pa = torch.mul(p.transpose(0, 1), scale.view(1, b, 1, hw),
                        out=p.new_empty(h, b, m, hw)).view(h, b * m, hw)
         v_base = torch.bmm(pa, sh.v_base).view(h, b, m, d).permute(1, 2, 0, 3)  # (B, m, h, d)
-        pooled = torch.bmm(torch.bmm(p.view(b, h * m, hw), coef.transpose(1, 2)), rows)
+        # p Q^T as (Q p^T)^T: with both operands' long dimension (HW) contiguous, the product
+        # of the final attention's (B, 32, HW) p and (B, 104, HW) coefficients took 1.0 ms
+        # against 1.8 ms the other way round (one thread, AVX-512), with the same values
+        pq = torch.bmm(coef, p.view(b, h * m, hw).transpose(1, 2)).transpose(1, 2)
+        pooled = torch.bmm(pq, rows)
         wv = attn.v_proj.weight.unflatten(0, (h, d))
         v_rows = torch.einsum("bhmc,hdc->bmhd", pooled.view(b, h, m, -1), wv)
         out = (v_base + v_rows).reshape(b, m, h * d) + attn.v_proj.bias
