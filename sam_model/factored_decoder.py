@@ -137,7 +137,8 @@ class FactoredContext:
         pe: (HW, C) positional encoding of the grid.
         k0: (heads, HW, d) first block tokens->image keys, per head.
         v0: (heads, HW, d) first block tokens->image values, per head.
-        q0: (heads, HW, d) first block image->tokens queries, per head.
+        q0: (heads, d, HW) first block image->tokens queries, per head (transposed: the
+            right-hand operand of the logits' product).
         grid_hw: (h, w) of the embedding grid.
         norms: one :class:`_NormShared` per two-way block.
         attns: ``attns[j]``: projections for the attention over the tokens after block j
@@ -332,7 +333,7 @@ class FactoredGridDecoder:
         h = self.heads
         k0 = _heads(block.cross_attn_token_to_image.k_proj(x0), h).transpose(0, 1).contiguous()
         v0 = _heads(block.cross_attn_token_to_image.v_proj(keys0), h).transpose(0, 1).contiguous()
-        q0 = _heads(block.cross_attn_image_to_token.q_proj(x0), h).transpose(0, 1).contiguous()
+        q0 = _heads(block.cross_attn_image_to_token.q_proj(x0), h).permute(1, 2, 0).contiguous()
         ctx = FactoredContext(keys0, pe, k0, v0, q0, tuple(image_embedding.shape[-2:]))
         t = self.dec.transformer
         h = self.heads
@@ -667,7 +668,7 @@ class FactoredGridDecoder:
         v = _heads(attn.v_proj(queries), h)
         d = k.shape[-1]
         k = k * d ** -0.5  # on the 7 keys, not on the (h, B*Nt, HW) logits
-        logits = torch.bmm(k.permute(2, 0, 1, 3).reshape(h, b * nt, d), ctx.q0.transpose(1, 2))
+        logits = torch.bmm(k.permute(2, 0, 1, 3).reshape(h, b * nt, d), ctx.q0)
         logits = logits.view(h, b, nt, hw)
         if key_bias is not None:
             logits += key_bias[:, None]
